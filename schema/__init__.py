@@ -1,0 +1,1 @@
+"""Models, queue transitions and migrations shared by the web app and workerd."""

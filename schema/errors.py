@@ -1,0 +1,29 @@
+"""The domain's exception hierarchy; web turns these into problem bodies in one place."""
+
+from __future__ import annotations
+
+
+class ChunkqError(Exception):
+    """Base of every error chunkq raises on purpose."""
+
+
+class InvalidRequest(ChunkqError):
+    """A request a client must fix; names the offending field."""
+
+    def __init__(self, field: str, detail: str, *, status: int = 422) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.field = field
+        self.detail = detail
+        self.status = status
+
+
+class JobNotFound(ChunkqError):
+    """No job has this id."""
+
+
+class JobConflict(ChunkqError):
+    """The job is in a state that does not allow the request (e.g. cancelling a finished job)."""
+
+
+class DatabaseUnavailable(ChunkqError):
+    """PostgreSQL cannot be reached right now; the caller should retry later."""

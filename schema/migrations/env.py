@@ -1,0 +1,36 @@
+"""Alembic environment: migrates the database named by DATABASE_URL (or the embedded one)."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import pool
+
+from schema.db import make_engine, resolve_url
+from schema.models import metadata
+
+config = context.config
+
+
+def _url() -> str:
+    return config.get_main_option("sqlalchemy.url") or resolve_url()
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=_url(), target_metadata=metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    engine = make_engine(_url(), poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=metadata)
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,143 @@
+"""SQLAlchemy models of the three tables: jobs, their chunks, and every failed attempt.
+
+The models are the schema's source of truth for ``alembic check``; the hot paths in
+schema/queue.py use SQL over psycopg, not ORM objects.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from schema.states import ChunkStatus, JobStatus, check_constraint
+
+NAMING = {
+    "ix": "%(table_name)s_%(column_0_N_name)s_idx",
+    "uq": "%(table_name)s_%(column_0_N_name)s_key",
+    "ck": "%(table_name)s_%(constraint_name)s_check",
+    "fk": "%(table_name)s_%(column_0_N_name)s_fkey",
+    "pk": "%(table_name)s_pkey",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def _now() -> Any:
+    return func.now()
+
+
+class Job(Base):
+    """One submitted text; its counters always equal the counts of its chunks' final states."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(check_constraint("status", JobStatus), name="status"),
+        CheckConstraint(
+            "chunks_total > 0 AND chunks_completed >= 0 AND chunks_failed >= 0"
+            " AND chunks_completed + chunks_failed <= chunks_total",
+            name="counters",
+        ),
+        # Pruning finished work scans only finished jobs, oldest first.
+        Index(
+            "jobs_finished_at_idx", "finished_at", postgresql_where=text("finished_at IS NOT NULL")
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    status: Mapped[str] = mapped_column(Text, server_default=JobStatus.PENDING.value)
+    chunks_total: Mapped[int] = mapped_column(Integer)
+    chunks_completed: Mapped[int] = mapped_column(Integer, server_default="0")
+    chunks_failed: Mapped[int] = mapped_column(Integer, server_default="0")
+    max_chunk_chars: Mapped[int] = mapped_column(Integer)
+    text_chars: Mapped[int] = mapped_column(Integer)
+    options: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    analysis_result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Chunk(Base):
+    """One segment of a job's text and the state of its analysis; the queue's unit of work."""
+
+    __tablename__ = "chunks"
+    __table_args__ = (
+        CheckConstraint(check_constraint("status", ChunkStatus), name="status"),
+        CheckConstraint("start_offset >= 0 AND end_offset > start_offset", name="offsets"),
+        CheckConstraint("attempts >= 0", name="attempts"),
+        # The claim: due pending chunks, oldest due first. Partial, so it holds only the
+        # backlog, not the millions of finished rows.
+        Index(
+            "chunks_due_idx",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        # The rescuer: running chunks whose lease ran out.
+        Index(
+            "chunks_lease_idx",
+            "lease_expires_at",
+            postgresql_where=text("status = 'running'"),
+        ),
+        {"postgresql_with": {"fillfactor": "80"}},
+    )
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    start_offset: Mapped[int] = mapped_column(Integer)
+    end_offset: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default=ChunkStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=_now()
+    )
+    worker_id: Mapped[str | None] = mapped_column(Text)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    error: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ChunkAttempt(Base):
+    """One failed attempt of one chunk: the source of the API's ``errors`` list."""
+
+    __tablename__ = "chunk_attempts"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["job_id", "seq"], ["chunks.job_id", "chunks.seq"], ondelete="CASCADE"
+        ),
+        Index("chunk_attempts_job_id_seq_attempt_idx", "job_id", "seq", "attempt"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    seq: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    error_class: Mapped[str] = mapped_column(Text)
+    error: Mapped[str] = mapped_column(Text)
+    worker_id: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+metadata = Base.metadata

@@ -1,0 +1,542 @@
+"""Every statement that moves ``jobs.status`` or ``chunks.status``: the queue's one home.
+
+Each function is one statement or one short transaction on a psycopg connection whose
+transaction the caller owns. ``now`` is passed in so tests can move a fake clock; ``None``
+means the database's clock, which every worker on every machine shares.
+
+Lock order, to rule out deadlocks between workers: a transaction that changes a job's
+counters locks the job rows first (sorted by id), then the chunk rows. The claim locks
+pending chunks and then only touches jobs still PENDING, which no other path holds while
+waiting on a pending chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from schema.errors import JobConflict, JobNotFound
+from schema.states import ChunkStatus, JobStatus
+
+NOTIFY_CHANNEL = "chunkq_work"
+
+# `now` as a parameter, or the database's clock when the caller passes None.
+NOW = "COALESCE(%(now)s::timestamptz, now())"
+
+Summarize = Callable[[list[tuple[int, dict[str, Any]]]], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedChunk:
+    """One chunk this worker now owns for attempt number ``attempt``."""
+
+    job_id: uuid.UUID
+    seq: int
+    attempt: int
+    start: int
+    end: int
+    text: str
+
+    @property
+    def key(self) -> tuple[uuid.UUID, int]:
+        return (self.job_id, self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    chunk: ClaimedChunk
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A failed attempt. ``retry_in`` is None when the chunk is out of attempts (or the error
+    is permanent) and must fail now; otherwise the seconds until it may run again."""
+
+    chunk: ClaimedChunk
+    error_class: str
+    error: str
+    retry_in: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What one ``record`` transaction did."""
+
+    applied: int
+    dropped: list[tuple[uuid.UUID, int]]
+    finalized: dict[uuid.UUID, JobStatus]
+
+
+def enqueue(
+    conn: psycopg.Connection[Any],
+    job_id: uuid.UUID,
+    text: str,
+    spans: Sequence[tuple[int, int]],
+    *,
+    max_chunk_chars: int,
+    options: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Write a PENDING job and all its pending chunks, then wake the workers.
+
+    Safe because nothing else can see the rows before the caller commits; the chunks go
+    in one COPY, so a job of ten thousand chunks costs one round trip, not ten thousand.
+    NOTIFY is delivered at commit, so a worker never wakes for rows it cannot see yet.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            f"""INSERT INTO jobs (id, status, chunks_total, max_chunk_chars, text_chars, options,
+                                  created_at, updated_at)
+                VALUES (%(id)s, 'PENDING', %(total)s, %(max)s, %(chars)s, %(options)s,
+                        {NOW}, {NOW})""",
+            {
+                "id": job_id,
+                "total": len(spans),
+                "max": max_chunk_chars,
+                "chars": len(text),
+                "options": json.dumps(options or {}),
+                "now": now,
+            },
+        )
+        at = now or cur.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        with cur.copy(
+            "COPY chunks (job_id, seq, start_offset, end_offset, text, next_attempt_at) FROM STDIN"
+        ) as copy:
+            for seq, (start, end) in enumerate(spans):
+                copy.write_row((job_id, seq, start, end, text[start:end], at))
+        cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+
+
+_CLAIM = f"""
+WITH picked AS (
+    SELECT job_id, seq FROM chunks
+    WHERE status = 'pending' AND next_attempt_at <= {NOW}
+    ORDER BY next_attempt_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE chunks c
+    SET status = 'running', attempts = c.attempts + 1, worker_id = %(me)s,
+        lease_expires_at = {NOW} + make_interval(secs => %(lease)s)
+    FROM picked
+    WHERE c.job_id = picked.job_id AND c.seq = picked.seq
+    RETURNING c.job_id, c.seq, c.attempts, c.start_offset, c.end_offset, c.text
+), started AS (
+    UPDATE jobs SET status = 'PROCESSING', updated_at = {NOW}
+    WHERE id IN (SELECT job_id FROM claimed) AND status = 'PENDING'
+)
+SELECT job_id, seq, attempts, start_offset, end_offset, text FROM claimed
+ORDER BY job_id, seq
+"""
+
+
+def claim(
+    conn: psycopg.Connection[Any],
+    worker_id: str,
+    limit: int,
+    *,
+    lease_s: float,
+    now: datetime | None = None,
+) -> list[ClaimedChunk]:
+    """Take up to ``limit`` due pending chunks: running, one more attempt, leased to us.
+
+    FOR UPDATE SKIP LOCKED lets any number of workers claim at once without waiting on
+    each other or taking the same row; the partial index keeps it an index scan however
+    many finished rows the table holds. The job moves PENDING -> PROCESSING in the same
+    statement, so a client never sees a running chunk under a PENDING job.
+    """
+    if limit <= 0:
+        return []
+    rows = conn.execute(
+        _CLAIM, {"limit": limit, "me": worker_id, "lease": lease_s, "now": now}
+    ).fetchall()
+    return [ClaimedChunk(*row) for row in rows]
+
+
+def heartbeat(
+    conn: psycopg.Connection[Any],
+    worker_id: str,
+    chunks: Iterable[ClaimedChunk],
+    *,
+    lease_s: float,
+    now: datetime | None = None,
+) -> int:
+    """Extend the lease of the chunks we still own; returns how many we still own.
+
+    Fenced on owner and attempt, so a lease that was already lost is not revived.
+    """
+    job_ids, seqs, attempts = _columns(chunks)
+    if not job_ids:
+        return 0
+    cur = conn.execute(
+        f"""UPDATE chunks c SET lease_expires_at = {NOW} + make_interval(secs => %(lease)s)
+            FROM unnest(%(job_ids)s::uuid[], %(seqs)s::int[], %(attempts)s::int[])
+                 AS i(job_id, seq, attempt)
+            WHERE c.job_id = i.job_id AND c.seq = i.seq AND c.attempts = i.attempt
+              AND c.status = 'running' AND c.worker_id = %(me)s""",
+        {
+            "lease": lease_s,
+            "job_ids": job_ids,
+            "seqs": seqs,
+            "attempts": attempts,
+            "me": worker_id,
+            "now": now,
+        },
+    )
+    return cur.rowcount
+
+
+def release(
+    conn: psycopg.Connection[Any],
+    worker_id: str,
+    chunks: Iterable[ClaimedChunk],
+    *,
+    now: datetime | None = None,
+) -> int:
+    """Hand chunks back on shutdown: pending again, due now, and the attempt not counted.
+
+    Fenced like a completion, so a chunk whose lease was already lost is left alone.
+    """
+    job_ids, seqs, attempts = _columns(chunks)
+    if not job_ids:
+        return 0
+    cur = conn.execute(
+        f"""UPDATE chunks c
+            SET status = 'pending', attempts = c.attempts - 1, worker_id = NULL,
+                lease_expires_at = NULL, next_attempt_at = {NOW}
+            FROM unnest(%(job_ids)s::uuid[], %(seqs)s::int[], %(attempts)s::int[])
+                 AS i(job_id, seq, attempt)
+            WHERE c.job_id = i.job_id AND c.seq = i.seq AND c.attempts = i.attempt
+              AND c.status = 'running' AND c.worker_id = %(me)s""",
+        {"job_ids": job_ids, "seqs": seqs, "attempts": attempts, "me": worker_id, "now": now},
+    )
+    if cur.rowcount:
+        conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+    return cur.rowcount
+
+
+_SUCCEED = f"""
+WITH input AS (
+    SELECT * FROM unnest(%(job_ids)s::uuid[], %(seqs)s::int[], %(attempts)s::int[],
+                         %(results)s::text[]) AS i(job_id, seq, attempt, result)
+), done AS (
+    UPDATE chunks c
+    SET status = 'succeeded', result = i.result::jsonb, error = NULL,
+        finished_at = {NOW}, lease_expires_at = NULL
+    FROM input i
+    WHERE c.job_id = i.job_id AND c.seq = i.seq AND c.attempts = i.attempt
+      AND c.status = 'running' AND c.worker_id = %(me)s
+    RETURNING c.job_id, c.seq
+), counts AS (
+    SELECT job_id, count(*)::int AS n FROM done GROUP BY job_id
+), counted AS (
+    UPDATE jobs j SET chunks_completed = j.chunks_completed + counts.n, updated_at = {NOW}
+    FROM counts WHERE j.id = counts.job_id
+    RETURNING j.id, j.chunks_completed + j.chunks_failed = j.chunks_total AS all_final
+)
+SELECT d.job_id, d.seq, c.all_final FROM done d JOIN counted c ON c.id = d.job_id
+"""
+
+_FAIL = f"""
+WITH input AS (
+    SELECT * FROM unnest(%(job_ids)s::uuid[], %(seqs)s::int[], %(attempts)s::int[],
+                         %(classes)s::text[], %(errors)s::text[])
+             AS i(job_id, seq, attempt, error_class, error)
+), done AS (
+    UPDATE chunks c
+    SET status = 'failed', error = i.error, finished_at = {NOW}, lease_expires_at = NULL
+    FROM input i
+    WHERE c.job_id = i.job_id AND c.seq = i.seq AND c.attempts = i.attempt
+      AND c.status = 'running' AND c.worker_id = %(me)s
+    RETURNING c.job_id, c.seq, c.attempts, i.error_class, i.error
+), logged AS (
+    INSERT INTO chunk_attempts (job_id, seq, attempt, error_class, error, worker_id, at)
+    SELECT job_id, seq, attempts, error_class, error, %(me)s, {NOW} FROM done
+), counts AS (
+    SELECT job_id, count(*)::int AS n FROM done GROUP BY job_id
+), counted AS (
+    UPDATE jobs j SET chunks_failed = j.chunks_failed + counts.n, updated_at = {NOW}
+    FROM counts WHERE j.id = counts.job_id
+    RETURNING j.id, j.chunks_completed + j.chunks_failed = j.chunks_total AS all_final
+)
+SELECT d.job_id, d.seq, c.all_final FROM done d JOIN counted c ON c.id = d.job_id
+"""
+
+_RETRY = f"""
+WITH input AS (
+    SELECT * FROM unnest(%(job_ids)s::uuid[], %(seqs)s::int[], %(attempts)s::int[],
+                         %(classes)s::text[], %(errors)s::text[], %(delays)s::float8[])
+             AS i(job_id, seq, attempt, error_class, error, delay)
+), done AS (
+    UPDATE chunks c
+    SET status = 'pending', error = i.error, worker_id = NULL, lease_expires_at = NULL,
+        next_attempt_at = {NOW} + make_interval(secs => i.delay)
+    FROM input i
+    WHERE c.job_id = i.job_id AND c.seq = i.seq AND c.attempts = i.attempt
+      AND c.status = 'running' AND c.worker_id = %(me)s
+    RETURNING c.job_id, c.seq, c.attempts, i.error_class, i.error
+)
+INSERT INTO chunk_attempts (job_id, seq, attempt, error_class, error, worker_id, at)
+SELECT job_id, seq, attempts, error_class, error, %(me)s, {NOW} FROM done
+RETURNING job_id, seq, false
+"""
+
+
+def record(
+    conn: psycopg.Connection[Any],
+    worker_id: str,
+    outcomes: Sequence[Success | Failure],
+    summarize: Summarize,
+    *,
+    now: datetime | None = None,
+) -> Recorded:
+    """Record a batch of attempt outcomes and finalize every job whose last chunk this was.
+
+    Run inside one transaction. Every write is fenced on (status running, attempt, owner):
+    an outcome whose lease was lost matches no row and is reported in ``dropped``, never
+    written twice. The counters move in the same statements as the chunk states, so they
+    equal the row counts at every commit; the job rows are locked first, in id order, so
+    the transaction that sees completed + failed = total is the only one that can.
+    """
+    if not outcomes:
+        return Recorded(0, [], {})
+    successes = [o for o in outcomes if isinstance(o, Success)]
+    failures = [o for o in outcomes if isinstance(o, Failure) and o.retry_in is None]
+    retries = [o for o in outcomes if isinstance(o, Failure) and o.retry_in is not None]
+    params: dict[str, Any] = {"me": worker_id, "now": now}
+    touched = sorted({o.chunk.job_id for o in successes + failures})
+    if touched:
+        conn.execute(
+            "SELECT id FROM jobs WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE",
+            {"ids": touched},
+        )
+    rows: list[tuple[uuid.UUID, int, bool]] = []
+    if successes:
+        job_ids, seqs, attempts = _columns(o.chunk for o in successes)
+        results = [json.dumps(o.result, separators=(",", ":")) for o in successes]
+        rows += conn.execute(
+            _SUCCEED,
+            {**params, "job_ids": job_ids, "seqs": seqs, "attempts": attempts, "results": results},
+        ).fetchall()
+    for statement, batch in ((_FAIL, failures), (_RETRY, retries)):
+        if not batch:
+            continue
+        job_ids, seqs, attempts = _columns(o.chunk for o in batch)
+        extra: dict[str, Any] = {
+            "classes": [o.error_class for o in batch],
+            "errors": [o.error for o in batch],
+        }
+        if statement is _RETRY:
+            extra["delays"] = [o.retry_in for o in batch]
+        rows += conn.execute(
+            statement, {**params, "job_ids": job_ids, "seqs": seqs, "attempts": attempts, **extra}
+        ).fetchall()
+    applied = {(job_id, seq) for job_id, seq, _ in rows}
+    dropped = [o.chunk.key for o in outcomes if o.chunk.key not in applied]
+    finalized: dict[uuid.UUID, JobStatus] = {}
+    for job_id in sorted({job_id for job_id, _, all_final in rows if all_final}):
+        status = finalize(conn, job_id, summarize, now=now)
+        if status is not None:
+            finalized[job_id] = status
+    return Recorded(len(applied), dropped, finalized)
+
+
+_RESCUE = f"""
+WITH expired AS (
+    SELECT job_id, seq, attempts, worker_id FROM chunks
+    WHERE job_id = ANY(%(jobs)s) AND status = 'running' AND lease_expires_at < {NOW}
+    FOR UPDATE SKIP LOCKED
+), moved AS (
+    UPDATE chunks c
+    SET status = CASE WHEN c.attempts >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
+        finished_at = CASE WHEN c.attempts >= %(max_attempts)s THEN {NOW} END,
+        next_attempt_at = {NOW}, worker_id = NULL, lease_expires_at = NULL,
+        error = %(error)s
+    FROM expired e
+    WHERE c.job_id = e.job_id AND c.seq = e.seq
+    RETURNING c.job_id, c.seq, c.attempts, c.status, e.worker_id
+), logged AS (
+    INSERT INTO chunk_attempts (job_id, seq, attempt, error_class, error, worker_id, at)
+    SELECT job_id, seq, attempts, 'WorkerLost', %(error)s, worker_id, {NOW} FROM moved
+), counts AS (
+    SELECT job_id, count(*)::int AS n FROM moved WHERE status = 'failed' GROUP BY job_id
+), counted AS (
+    UPDATE jobs j SET chunks_failed = j.chunks_failed + counts.n, updated_at = {NOW}
+    FROM counts WHERE j.id = counts.job_id
+    RETURNING j.id, j.chunks_completed + j.chunks_failed = j.chunks_total AS all_final
+)
+SELECT m.job_id, m.status, coalesce(c.all_final, false) FROM moved m
+LEFT JOIN counted c ON c.id = m.job_id
+"""
+
+WORKER_LOST = "worker lost: its lease expired before it reported (crashed, killed or partitioned)"
+
+
+def rescue(
+    conn: psycopg.Connection[Any],
+    summarize: Summarize,
+    *,
+    max_attempts: int,
+    now: datetime | None = None,
+    limit: int = 100,
+) -> tuple[int, int, dict[uuid.UUID, JobStatus]]:
+    """Take back chunks whose owner stopped heartbeating: pending again, or failed when the
+    lost attempt was the last (a chunk that keeps killing its workers is not retried forever).
+
+    Returns (requeued, failed, finalized). The attempt was counted at claim time, so every
+    loss counts. Job rows are locked first (id order), as in ``record``; SKIP LOCKED lets
+    two rescuers split the work, and the expiry test is re-checked under the row lock, so
+    an owner that reported in time wins.
+    """
+    jobs = [
+        row[0]
+        for row in conn.execute(
+            f"""SELECT DISTINCT job_id FROM chunks
+                WHERE status = 'running' AND lease_expires_at < {NOW} LIMIT %(limit)s""",
+            {"now": now, "limit": limit},
+        )
+    ]
+    if not jobs:
+        return 0, 0, {}
+    jobs.sort()
+    conn.execute(
+        "SELECT id FROM jobs WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE", {"ids": jobs}
+    )
+    rows = conn.execute(
+        _RESCUE, {"jobs": jobs, "max_attempts": max_attempts, "error": WORKER_LOST, "now": now}
+    ).fetchall()
+    requeued = sum(1 for _, status, _ in rows if status == ChunkStatus.PENDING)
+    finalized: dict[uuid.UUID, JobStatus] = {}
+    for job_id in sorted({job_id for job_id, _, all_final in rows if all_final}):
+        status = finalize(conn, job_id, summarize, now=now)
+        if status is not None:
+            finalized[job_id] = status
+    if requeued:
+        conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+    return requeued, len(rows) - requeued, finalized
+
+
+def finalize(
+    conn: psycopg.Connection[Any],
+    job_id: uuid.UUID,
+    summarize: Summarize,
+    *,
+    now: datetime | None = None,
+) -> JobStatus | None:
+    """Merge a job's chunk results in order and move it to its terminal status.
+
+    Locks the job row (FOR UPDATE) and acts only if every chunk is final and the job is not
+    terminal yet, so however many transactions race here, exactly one finalizes. Returns
+    the new status, or None when there was nothing to do.
+    """
+    row = conn.execute(
+        "SELECT status, chunks_total, chunks_completed, chunks_failed FROM jobs"
+        " WHERE id = %(id)s FOR UPDATE",
+        {"id": job_id},
+    ).fetchone()
+    if row is None:
+        return None
+    status, total, completed, failed = row
+    if JobStatus(status).terminal or completed + failed < total:
+        return None
+    if failed == 0:
+        new_status = JobStatus.COMPLETED
+    elif completed == 0:
+        new_status = JobStatus.FAILED
+    else:
+        new_status = JobStatus.PARTIAL_SUCCESS
+    result = merged_result(conn, job_id, summarize)
+    conn.execute(
+        f"""UPDATE jobs SET status = %(status)s, analysis_result = %(result)s::jsonb,
+                            finished_at = {NOW}, updated_at = {NOW}
+            WHERE id = %(id)s""",
+        {"status": new_status.value, "result": json.dumps(result), "id": job_id, "now": now},
+    )
+    return new_status
+
+
+def merged_result(
+    conn: psycopg.Connection[Any], job_id: uuid.UUID, summarize: Summarize
+) -> dict[str, Any]:
+    """The ``analysis_result`` of a job: one entry per chunk in ``seq`` order, and a summary
+    of the succeeded ones. Reads only this job's rows (primary-key range)."""
+    entries: list[dict[str, Any]] = []
+    succeeded: list[tuple[int, dict[str, Any]]] = []
+    rows = conn.execute(
+        "SELECT seq, start_offset, end_offset, status, result, error FROM chunks"
+        " WHERE job_id = %(id)s ORDER BY seq",
+        {"id": job_id},
+    )
+    for seq, start, end, status, result, error in rows:
+        entry: dict[str, Any] = {"index": seq, "start": start, "end": end, "status": status}
+        if status == ChunkStatus.SUCCEEDED:
+            entry["result"] = result
+            succeeded.append((end - start, result))
+        else:
+            entry["error"] = error
+        entries.append(entry)
+    return {"chunks": entries, "summary": summarize(succeeded)}
+
+
+def cancel(
+    conn: psycopg.Connection[Any],
+    job_id: uuid.UUID,
+    summarize: Summarize,
+    *,
+    now: datetime | None = None,
+) -> JobStatus:
+    """Cancel a job that is not finished: its pending and running chunks become cancelled,
+    and ``analysis_result`` keeps what had already succeeded.
+
+    The job row is locked first, as in ``record``. A running chunk's owner reports later
+    through the fenced writes, which no longer match (status is not running), so its late
+    result is dropped. Raises JobNotFound, or JobConflict for a terminal job.
+    """
+    row = conn.execute(
+        "SELECT status FROM jobs WHERE id = %(id)s FOR UPDATE", {"id": job_id}
+    ).fetchone()
+    if row is None:
+        raise JobNotFound(str(job_id))
+    if JobStatus(row[0]).terminal:
+        raise JobConflict(f"job {job_id} is already {row[0]}")
+    conn.execute(
+        f"""UPDATE chunks SET status = 'cancelled', finished_at = {NOW}, lease_expires_at = NULL
+            WHERE job_id = %(id)s AND status IN ('pending', 'running')""",
+        {"id": job_id, "now": now},
+    )
+    result = merged_result(conn, job_id, summarize)
+    conn.execute(
+        f"""UPDATE jobs SET status = 'CANCELLED', analysis_result = %(result)s::jsonb,
+                            finished_at = {NOW}, updated_at = {NOW}
+            WHERE id = %(id)s""",
+        {"result": json.dumps(result), "id": job_id, "now": now},
+    )
+    return JobStatus.CANCELLED
+
+
+def next_due(conn: psycopg.Connection[Any]) -> datetime | None:
+    """When the earliest pending chunk becomes due (an index lookup), for an idle worker's sleep."""
+    row = conn.execute(
+        "SELECT min(next_attempt_at) FROM chunks WHERE status = 'pending'"
+    ).fetchone()
+    return row[0] if row else None
+
+
+def _columns(
+    chunks: Iterable[ClaimedChunk],
+) -> tuple[list[uuid.UUID], list[int], list[int]]:
+    job_ids: list[uuid.UUID] = []
+    seqs: list[int] = []
+    attempts: list[int] = []
+    for chunk in chunks:
+        job_ids.append(chunk.job_id)
+        seqs.append(chunk.seq)
+        attempts.append(chunk.attempt)
+    return job_ids, seqs, attempts

@@ -1,0 +1,124 @@
+"""Test harness: a real PostgreSQL, one migrated template, a fresh database per test.
+
+A throwaway server from the embedded wheel is started unless TEST_DATABASE_URL names one.
+The template is migrated once with Alembic; each test gets ``CREATE DATABASE … TEMPLATE``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class PgServer:
+    """The PostgreSQL the tests use: its admin URL, and (when it is ours) stop/start."""
+
+    def __init__(self, url: str, embedded: Any = None) -> None:
+        self.url = url
+        self.embedded = embedded
+
+    def url_for(self, dbname: str) -> str:
+        url = make_url(self.url).set(database=dbname)
+        return url.render_as_string(hide_password=False)
+
+    @property
+    def controllable(self) -> bool:
+        return self.embedded is not None
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+    url = os.environ.get("TEST_DATABASE_URL", "").strip()
+    if url:
+        yield PgServer(url)
+        return
+    from schema.embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres(
+        tmp_path_factory.mktemp("pg") / "data",
+        # Durability buys nothing in a throwaway cluster and costs most of a commit.
+        settings={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"},
+    )
+    server.start()
+    try:
+        yield PgServer(server.url, server)
+    finally:
+        server.stop()
+
+
+def _admin(pg: PgServer) -> psycopg.Connection[Any]:
+    return psycopg.connect(pg.url, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server: PgServer) -> Iterator[str]:
+    name = f"chunkq_template_{os.getpid()}"
+    with _admin(pg_server) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    command.upgrade(alembic_config(pg_server.url_for(name)), "head")
+    yield name
+    with _admin(pg_server) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def create_database(pg: PgServer, template: str | None) -> str:
+    name = f"chunkq_test_{uuid.uuid4().hex[:12]}"
+    with _admin(pg) as conn:
+        clause = f' TEMPLATE "{template}"' if template else ""
+        conn.execute(f'CREATE DATABASE "{name}"{clause}')
+    return name
+
+
+def drop_database(pg: PgServer, name: str) -> None:
+    with _admin(pg) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(pg_server: PgServer, template_db: str) -> Iterator[str]:
+    """A freshly migrated database of this test's own."""
+    name = create_database(pg_server, template_db)
+    yield pg_server.url_for(name)
+    drop_database(pg_server, name)
+
+
+@pytest.fixture
+def empty_database_url(pg_server: PgServer) -> Iterator[str]:
+    """A database with no schema at all (for migration tests)."""
+    name = create_database(pg_server, None)
+    yield pg_server.url_for(name)
+    drop_database(pg_server, name)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to this test's database."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def app(database_url: str) -> Iterator[Any]:
+    from web import create_app
+
+    app = create_app({"DATABASE_URL": database_url, "TESTING": True, "PROVIDER": "simulated"})
+    yield app
+    app.extensions["chunkq.engine"].dispose()

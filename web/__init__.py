@@ -1,0 +1,66 @@
+"""The chunkq HTTP API: ``gunicorn 'web:create_app()'``."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from schema.db import make_engine, resolve_url
+
+DEFAULTS: dict[str, Any] = {
+    "DATABASE_URL": None,
+    "PROVIDER": "builtin",
+    # A 10 MB text is about 10 MB of JSON; leave room for escapes.
+    "MAX_CONTENT_LENGTH": 32 * 1024 * 1024,
+    "DEFAULT_CHUNK_CHARS": 2000,
+    "MIN_CHUNK_CHARS": 1,
+    "MAX_CHUNK_CHARS": 1_000_000,
+    "MAX_CHUNKS_PER_JOB": 100_000,
+    "DB_POOL_SIZE": 5,
+}
+
+# Environment variable -> (config key, type).
+ENVIRONMENT = {
+    "DATABASE_URL": ("DATABASE_URL", str),
+    "CHUNKQ_PROVIDER": ("PROVIDER", str),
+    "CHUNKQ_MAX_BODY_BYTES": ("MAX_CONTENT_LENGTH", int),
+    "CHUNKQ_MAX_CHUNKS_PER_JOB": ("MAX_CHUNKS_PER_JOB", int),
+    "CHUNKQ_DB_POOL_SIZE": ("DB_POOL_SIZE", int),
+}
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: defaults, then the environment, then ``config`` (tests)."""
+    app = Flask(__name__)
+    app.config.update(DEFAULTS)
+    for var, (key, cast) in ENVIRONMENT.items():
+        if os.environ.get(var):
+            app.config[key] = cast(os.environ[var])
+    app.config.update(config or {})
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    url = app.config["DATABASE_URL"] or resolve_url()
+    app.config["DATABASE_URL"] = url
+    size = app.config["DB_POOL_SIZE"]
+    app.extensions["chunkq.engine"] = make_engine(url, pool_size=size, max_overflow=size)
+    app.extensions["chunkq.summarize"] = functools.cache(
+        lambda: _summarizer(app.config["PROVIDER"])
+    )
+
+    from web import analyze, health, problems
+
+    problems.register(app)
+    app.register_blueprint(analyze.bp)
+    app.register_blueprint(health.bp)
+    return app
+
+
+def _summarizer(provider: str) -> Any:
+    """The configured provider's merge, for results written by the web app (cancellation)."""
+    from workerd.providers import make_provider
+
+    return make_provider(provider).summarize

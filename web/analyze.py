@@ -1,0 +1,104 @@
+"""The ``/v1/analyze`` blueprint: submit a text, read a job, cancel a job."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from flask import Blueprint, current_app, request
+from sqlalchemy import Engine
+
+from schema import queue
+from schema.errors import InvalidRequest, JobNotFound
+from schema.reads import job_report
+from web.chunking import split_text
+from web.problems import ValidationFailed
+from web.validation import parse_submission
+
+bp = Blueprint("analyze", __name__, url_prefix="/v1/analyze")
+
+
+@contextmanager
+def _connection(*, write: bool) -> Iterator[psycopg.Connection[Any]]:
+    """A pooled connection for this request only, returned to the pool when it ends.
+
+    For writes, the block is one transaction: committed on success, rolled back on any error.
+    """
+    engine: Engine = current_app.extensions["chunkq.engine"]
+    with engine.begin() if write else engine.connect() as conn:
+        yield conn.connection.driver_connection  # type: ignore[misc]
+
+
+@bp.post("")
+def submit() -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Accept a text: chunk it, write the job and its chunks in one transaction, answer 202."""
+    cfg = current_app.config
+    sub = parse_submission(
+        request,
+        default_chars=cfg["DEFAULT_CHUNK_CHARS"],
+        min_chars=cfg["MIN_CHUNK_CHARS"],
+        max_chars=cfg["MAX_CHUNK_CHARS"],
+    )
+    spans = split_text(sub.raw_text, sub.max_chunk_chars)
+    limit = cfg["MAX_CHUNKS_PER_JOB"]
+    if len(spans) > limit:
+        need = -(-len(sub.raw_text) // limit)
+        raise ValidationFailed(
+            [
+                InvalidRequest(
+                    "max_chunk_chars",
+                    f"splits this text into {len(spans)} chunks, more than the limit of {limit}"
+                    f" per job; use max_chunk_chars of at least about {need}, or submit the text"
+                    " in parts",
+                )
+            ]
+        )
+    job_id = uuid.uuid4()
+    options = {"reduce": True} if sub.reduce else {}
+    with _connection(write=True) as conn:
+        queue.enqueue(
+            conn, job_id, sub.raw_text, spans, max_chunk_chars=sub.max_chunk_chars, options=options
+        )
+    location = f"/v1/analyze/{job_id}"
+    body = {
+        "job_id": str(job_id),
+        "status": "PENDING",
+        "chunks_total": len(spans),
+        "max_chunk_chars": sub.max_chunk_chars,
+        "status_url": location,
+    }
+    return body, 202, {"Location": location}
+
+
+@bp.get("/<job_id>")
+def status(job_id: str) -> dict[str, Any]:
+    """Report a job's progress, every failed attempt, and its result once terminal."""
+    key = _parse_id(job_id)
+    with _connection(write=False) as conn:
+        report = job_report(conn, key)
+    if report is None:
+        raise JobNotFound(job_id)
+    return report
+
+
+@bp.post("/<job_id>/cancel")
+def cancel(job_id: str) -> dict[str, Any]:
+    """Cancel a job that has not finished; 409 if it already has."""
+    key = _parse_id(job_id)
+    summarize = current_app.extensions["chunkq.summarize"]()
+    with _connection(write=True) as conn:
+        queue.cancel(conn, key, summarize)
+    with _connection(write=False) as conn:
+        report = job_report(conn, key)
+    assert report is not None
+    return report
+
+
+def _parse_id(job_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(job_id)
+    except ValueError as exc:
+        raise JobNotFound(job_id) from exc
