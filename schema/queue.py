@@ -118,7 +118,7 @@ _CLAIM = f"""
 WITH picked AS (
     SELECT job_id, seq FROM chunks
     WHERE status = 'pending' AND next_attempt_at <= {NOW}
-    ORDER BY next_attempt_at
+    ORDER BY next_attempt_at, job_id, seq
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
@@ -129,8 +129,10 @@ WITH picked AS (
     WHERE c.job_id = picked.job_id AND c.seq = picked.seq
     RETURNING c.job_id, c.seq, c.attempts, c.start_offset, c.end_offset, c.text
 ), started AS (
+    -- SKIP LOCKED: a job row locked by another claimer is being moved on by it already.
     UPDATE jobs SET status = 'PROCESSING', updated_at = {NOW}
-    WHERE id IN (SELECT job_id FROM claimed) AND status = 'PENDING'
+    WHERE id IN (SELECT id FROM jobs WHERE id IN (SELECT job_id FROM claimed)
+                 AND status = 'PENDING' FOR UPDATE SKIP LOCKED)
 )
 SELECT job_id, seq, attempts, start_offset, end_offset, text FROM claimed
 ORDER BY job_id, seq

@@ -7,6 +7,8 @@ The template is migrated once with Alembic; each test gets ``CREATE DATABASE …
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,23 +46,29 @@ def alembic_config(url: str) -> Config:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+def pg_server() -> Iterator[PgServer]:
     url = os.environ.get("TEST_DATABASE_URL", "").strip()
     if url:
         yield PgServer(url)
         return
     from schema.embedded import EmbeddedPostgres
 
+    # Not under pytest's own temp root: pytest resets that to 0700 at every session start,
+    # which would lock the server (running as another user when we are root) out of its
+    # data directory if two sessions overlap.
+    base = Path(tempfile.mkdtemp(prefix="chunkq-test-pg-"))
     server = EmbeddedPostgres(
-        tmp_path_factory.mktemp("pg") / "data",
-        # Durability buys nothing in a throwaway cluster and costs most of a commit.
-        settings={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"},
+        base / "data",
+        # fsync buys nothing in a throwaway cluster; commits stay synchronous so a killed
+        # server (the resilience tests) loses nothing that was acknowledged.
+        settings={"fsync": "off", "full_page_writes": "off"},
     )
     server.start()
     try:
         yield PgServer(server.url, server)
     finally:
         server.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _admin(pg: PgServer) -> psycopg.Connection[Any]:

@@ -42,17 +42,20 @@ def submit() -> tuple[dict[str, Any], int, dict[str, str]]:
         min_chars=cfg["MIN_CHUNK_CHARS"],
         max_chars=cfg["MAX_CHUNK_CHARS"],
     )
-    spans = split_text(sub.raw_text, sub.max_chunk_chars)
     limit = cfg["MAX_CHUNKS_PER_JOB"]
-    if len(spans) > limit:
+    # No chunk is longer than max_chunk_chars, so this many chunks is the least there can be:
+    # refuse before splitting, or a tiny max_chunk_chars would make the refusal itself slow.
+    fewest = -(-len(sub.raw_text) // sub.max_chunk_chars)
+    spans = split_text(sub.raw_text, sub.max_chunk_chars) if fewest <= limit else []
+    if fewest > limit or len(spans) > limit:
         need = -(-len(sub.raw_text) // limit)
         raise ValidationFailed(
             [
                 InvalidRequest(
                     "max_chunk_chars",
-                    f"splits this text into {len(spans)} chunks, more than the limit of {limit}"
-                    f" per job; use max_chunk_chars of at least about {need}, or submit the text"
-                    " in parts",
+                    f"splits this text into at least {max(fewest, len(spans))} chunks, more"
+                    f" than the limit of {limit} per job; use max_chunk_chars of at least"
+                    f" about {need}, or submit the text in parts",
                 )
             ]
         )

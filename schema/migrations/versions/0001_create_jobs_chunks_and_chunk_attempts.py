@@ -101,7 +101,7 @@ def upgrade() -> None:
     op.create_index(
         "chunks_due_idx",
         "chunks",
-        ["next_attempt_at"],
+        ["next_attempt_at", "job_id", "seq"],
         unique=False,
         postgresql_where=sa.text("status = 'pending'"),
     )

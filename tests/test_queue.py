@@ -1,0 +1,202 @@
+"""Queue transitions on a real PostgreSQL: locking, leases, fencing, retries, finalization."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import psycopg
+import pytest
+
+from schema import queue
+from schema.errors import JobConflict, JobNotFound
+from schema.queue import Failure, Success
+from tests.support import assert_invariants, chunk_rows, job_row, submit
+
+
+def summarize(results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    return {"chunks": len(results), "chars": sum(length for length, _ in results)}
+
+
+T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+
+def at(seconds: float) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def other(database_url: str) -> Any:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+def claim(conn: psycopg.Connection[Any], me: str, limit: int = 10, now: float = 0.0,
+          lease: float = 30.0) -> list[queue.ClaimedChunk]:
+    with conn.transaction():
+        return queue.claim(conn, me, limit, lease_s=lease, now=at(now))
+
+
+def record(conn: psycopg.Connection[Any], me: str, outcomes: list[Any],
+           now: float = 1.0) -> queue.Recorded:
+    with conn.transaction():
+        return queue.record(conn, me, outcomes, summarize, now=at(now))
+
+
+def test_claim__skips_locked_rows(db: psycopg.Connection[Any], other: Any) -> None:
+    submit(db, "aaaa bbbb", 5)
+    with db.transaction():
+        mine = queue.claim(db, "A", 1, lease_s=30, now=at(0))
+        assert len(mine) == 1
+        # A still holds its row lock: B must skip that row, not wait for it.
+        theirs = claim(other, "B", 10)
+        assert [c.seq for c in theirs] == [1 - mine[0].seq]
+    assert claim(other, "B", 10) == []
+
+
+def test_claim__moves_job_to_processing_and_counts_the_attempt(
+    db: psycopg.Connection[Any],
+) -> None:
+    job_id = submit(db, "one two three", 5)
+    assert job_row(db, job_id)["status"] == "PENDING"
+    chunks = claim(db, "A", 1)
+    assert job_row(db, job_id)["status"] == "PROCESSING"
+    row = chunk_rows(db, job_id)[chunks[0].seq]
+    assert (row["status"], row["attempts"], row["worker_id"]) == ("running", 1, "A")
+    assert row["lease_expires_at"] == at(30)
+
+
+def test_claim__waits_for_next_attempt_at(db: psycopg.Connection[Any]) -> None:
+    job_id = submit(db, "retry me", 100)
+    [chunk] = claim(db, "A")
+    record(db, "A", [Failure(chunk, "RetryableError", "boom", retry_in=10.0)], now=5)
+    assert chunk_rows(db, job_id)[0]["next_attempt_at"] == at(15)
+    assert claim(db, "B", now=14.9) == []
+    [again] = claim(db, "B", now=15)
+    assert again.attempt == 2
+
+
+def test_rescue__reclaims_expired_lease_and_late_success_writes_nothing(
+    db: psycopg.Connection[Any], other: Any
+) -> None:
+    job_id = submit(db, "slow chunk", 100)
+    [old] = claim(db, "A", lease=10)
+    with other.transaction():
+        assert queue.rescue(other, summarize, max_attempts=3, now=at(9)) == (0, 0, {})
+    with other.transaction():
+        requeued, failed, _ = queue.rescue(other, summarize, max_attempts=3, now=at(11))
+    assert (requeued, failed) == (1, 0)
+    [new] = claim(other, "B", now=11)
+    assert new.attempt == 2
+    late = record(db, "A", [Success(old, {"from": "A"})], now=12)
+    assert late.applied == 0 and late.dropped == [old.key]
+    done = record(other, "B", [Success(new, {"from": "B"})], now=13)
+    assert done.finalized == {job_id: queue.JobStatus.COMPLETED}
+    row = chunk_rows(db, job_id)[0]
+    assert row["result"] == {"from": "B"} and row["worker_id"] == "B"
+    errors = db.execute("SELECT attempt, error_class, worker_id FROM chunk_attempts").fetchall()
+    assert errors == [(1, "WorkerLost", "A")]
+    assert_invariants(db)
+
+
+def test_heartbeat__keeps_the_lease(db: psycopg.Connection[Any]) -> None:
+    job_id = submit(db, "long call", 100)
+    chunks = claim(db, "A", lease=10)
+    with db.transaction():
+        assert queue.heartbeat(db, "A", chunks, lease_s=10, now=at(8)) == 1
+        assert queue.heartbeat(db, "B", chunks, lease_s=10, now=at(8)) == 0
+    with db.transaction():
+        assert queue.rescue(db, summarize, max_attempts=3, now=at(12)) == (0, 0, {})
+    assert chunk_rows(db, job_id)[0]["lease_expires_at"] == at(18)
+
+
+def test_rescue__fails_a_poison_pill_after_the_attempt_limit(db: psycopg.Connection[Any]) -> None:
+    job_id = submit(db, "kills workers. fine chunk.", 14)
+    poison, good = claim(db, "W1", limit=2, lease=5)
+    record(db, "W1", [Success(good, {"ok": 1})], now=1)
+    t = 0.0
+    for attempt in range(1, 4):
+        if attempt > 1:
+            [poison] = claim(db, f"W{attempt}", now=t, lease=5)
+        assert (poison.seq, poison.attempt) == (0, attempt)
+        t += 6  # the worker died: no heartbeat, no report
+        with db.transaction():
+            requeued, failed, finalized = queue.rescue(db, summarize, max_attempts=3, now=at(t))
+    assert (requeued, failed) == (0, 1)
+    assert finalized == {job_id: queue.JobStatus.PARTIAL_SUCCESS}
+    rows = chunk_rows(db, job_id)
+    assert rows[0]["status"] == "failed" and queue.WORKER_LOST in rows[0]["error"]
+    assert claim(db, "W4", now=t) == []
+    logged = db.execute("SELECT seq, attempt FROM chunk_attempts ORDER BY attempt").fetchall()
+    assert logged == [(0, 1), (0, 2), (0, 3)]
+    assert_invariants(db)
+
+
+def test_release__hands_back_without_burning_an_attempt(db: psycopg.Connection[Any]) -> None:
+    job_id = submit(db, "hand me back", 100)
+    chunks = claim(db, "A")
+    with db.transaction():
+        assert queue.release(db, "A", chunks, now=at(1)) == 1
+    row = chunk_rows(db, job_id)[0]
+    assert (row["status"], row["attempts"], row["worker_id"]) == ("pending", 0, None)
+    assert claim(db, "B", now=1)[0].attempt == 1
+
+
+def test_record__merges_in_seq_order_when_chunks_finish_in_reverse(
+    db: psycopg.Connection[Any],
+) -> None:
+    text = "alpha. beta. gamma. delta. epsilon."
+    job_id = submit(db, text, 7)
+    chunks = claim(db, "A", limit=100)
+    assert len(chunks) >= 5
+    for chunk in reversed(chunks):
+        record(db, "A", [Success(chunk, {"text": chunk.text})])
+    result = job_row(db, job_id)["analysis_result"]
+    entries = result["chunks"]
+    assert [e["index"] for e in entries] == list(range(len(chunks)))
+    assert "".join(text[e["start"]:e["end"]] for e in entries) == text
+    assert [e["result"]["text"] for e in entries] == [text[e["start"]:e["end"]] for e in entries]
+    assert result["summary"] == {"chunks": len(chunks), "chars": len(text)}
+
+
+def test_record__fails_permanently_and_finalizes_failed(db: psycopg.Connection[Any]) -> None:
+    job_id = submit(db, "doomed", 100)
+    [chunk] = claim(db, "A")
+    done = record(db, "A", [Failure(chunk, "PermanentError", "rejected", retry_in=None)])
+    assert done.finalized == {job_id: queue.JobStatus.FAILED}
+    row = job_row(db, job_id)
+    assert (row["chunks_failed"], row["chunks_completed"]) == (1, 0)
+    assert row["analysis_result"]["chunks"] == [
+        {"index": 0, "start": 0, "end": 6, "status": "failed", "error": "rejected"}
+    ]
+
+
+def test_finalize__does_nothing_twice(db: psycopg.Connection[Any]) -> None:
+    job_id = submit(db, "once", 100)
+    [chunk] = claim(db, "A")
+    record(db, "A", [Success(chunk, {})])
+    with db.transaction():
+        assert queue.finalize(db, job_id, summarize) is None
+
+
+def test_cancel__cancels_pending_drops_late_result_and_conflicts_when_terminal(
+    db: psycopg.Connection[Any],
+) -> None:
+    job_id = submit(db, "first. second. third.", 8)
+    first, second = claim(db, "A", limit=2)
+    record(db, "A", [Success(first, {"n": 1})])
+    with db.transaction():
+        assert queue.cancel(db, job_id, summarize) == queue.JobStatus.CANCELLED
+    statuses = [r["status"] for r in chunk_rows(db, job_id)]
+    assert statuses == ["succeeded", "cancelled", "cancelled"]
+    late = record(db, "A", [Success(second, {"n": 2})])
+    assert late.applied == 0
+    row = job_row(db, job_id)
+    assert row["status"] == "CANCELLED" and row["chunks_completed"] == 1
+    assert row["analysis_result"]["chunks"][0]["result"] == {"n": 1}
+    assert row["analysis_result"]["summary"]["chunks"] == 1
+    with db.transaction(), pytest.raises(JobConflict):
+        queue.cancel(db, job_id, summarize)
+    with db.transaction(), pytest.raises(JobNotFound):
+        queue.cancel(db, queue.uuid.uuid4(), summarize)
+    assert_invariants(db)

@@ -1,0 +1,69 @@
+"""``python -m workerd``: read settings, install signal handlers, run one worker."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import signal
+import sys
+from types import FrameType
+
+from schema.db import connect, resolve_url
+from workerd.listen import listener
+from workerd.providers import provider_from_settings
+from workerd.settings import Settings
+from workerd.worker import Worker
+
+log = logging.getLogger("workerd")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workerd", description=__doc__)
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="chunks in flight in this process (default 8)"
+    )
+    parser.add_argument(
+        "--burst", action="store_true", help="exit 0 once nothing is due or running"
+    )
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s",
+    )
+    try:
+        settings = Settings.from_env()
+        provider = provider_from_settings(settings)
+    except ValueError as exc:
+        print(f"workerd: {exc}", file=sys.stderr)
+        return 2
+    if args.concurrency < 1:
+        print("workerd: --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    url = settings.database_url or resolve_url()
+    worker = Worker(
+        settings,
+        provider,
+        functools.partial(connect, url, autocommit=True),
+        concurrency=args.concurrency,
+    )
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info(
+        "worker %s started: provider=%s concurrency=%d",
+        worker.worker_id,
+        settings.provider,
+        args.concurrency,
+    )
+    listen = listener(functools.partial(connect, url, autocommit=True))
+    return worker.run(burst=args.burst, listen=listen)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

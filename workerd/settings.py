@@ -1,0 +1,85 @@
+"""workerd's settings: one frozen object read from the environment in one place."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob a worker has; defaults work locally (see the README's environment table)."""
+
+    database_url: str | None = None
+    provider: str = "builtin"
+    max_attempts: int = 3
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    lease_s: float = 30.0
+    shutdown_grace_s: float = 25.0
+    poll_interval_s: float = 5.0
+    provider_concurrency: int | None = None
+    sim_latency_ms: float = 0.0
+    sim_fail_rate: float = 0.0
+    sim_fail_pattern: str | None = None
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: str | None = None
+    model: str = "gpt-4o-mini"
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("CHUNKQ_MAX_ATTEMPTS must be at least 1")
+        if self.backoff_base_s < 0 or self.backoff_max_s < self.backoff_base_s:
+            raise ValueError("need 0 <= CHUNKQ_BACKOFF_BASE_S <= CHUNKQ_BACKOFF_MAX_S")
+        if self.lease_s <= 0:
+            raise ValueError("CHUNKQ_LEASE_S must be positive")
+        if self.shutdown_grace_s < 0:
+            raise ValueError("CHUNKQ_SHUTDOWN_GRACE_S must not be negative")
+        if not 0.0 <= self.sim_fail_rate <= 1.0:
+            raise ValueError("CHUNKQ_SIM_FAIL_RATE must be between 0 and 1")
+        if self.provider_concurrency is not None and self.provider_concurrency < 1:
+            raise ValueError("CHUNKQ_PROVIDER_CONCURRENCY must be at least 1 when set")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every setting from the environment; a malformed value names its variable."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for name, var in ENVIRONMENT.items():
+            raw = environ.get(var, "").strip()
+            if not raw:
+                continue
+            kind = str(types[name])
+            try:
+                if "int" in kind:
+                    values[name] = int(raw)
+                elif "float" in kind:
+                    values[name] = float(raw)
+                else:
+                    values[name] = raw
+            except ValueError as exc:
+                raise ValueError(f"{var}={raw!r} is not a valid number") from exc
+        return cls(**values)
+
+
+# Settings field -> environment variable.
+ENVIRONMENT = {
+    "database_url": "DATABASE_URL",
+    "provider": "CHUNKQ_PROVIDER",
+    "max_attempts": "CHUNKQ_MAX_ATTEMPTS",
+    "backoff_base_s": "CHUNKQ_BACKOFF_BASE_S",
+    "backoff_max_s": "CHUNKQ_BACKOFF_MAX_S",
+    "lease_s": "CHUNKQ_LEASE_S",
+    "shutdown_grace_s": "CHUNKQ_SHUTDOWN_GRACE_S",
+    "poll_interval_s": "CHUNKQ_POLL_INTERVAL_S",
+    "provider_concurrency": "CHUNKQ_PROVIDER_CONCURRENCY",
+    "sim_latency_ms": "CHUNKQ_SIM_LATENCY_MS",
+    "sim_fail_rate": "CHUNKQ_SIM_FAIL_RATE",
+    "sim_fail_pattern": "CHUNKQ_SIM_FAIL_PATTERN",
+    "openai_base_url": "OPENAI_BASE_URL",
+    "openai_api_key": "OPENAI_API_KEY",
+    "model": "CHUNKQ_MODEL",
+}

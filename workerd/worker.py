@@ -1,0 +1,375 @@
+"""The worker: claim due chunks, run the provider on them, record outcomes, finalize jobs.
+
+``run_once`` does one step and returns what it did (tests call it with no threads);
+``run`` only loops, waits for wake-ups and handles shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue as queue_mod
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from schema import queue
+from schema.queue import ClaimedChunk, Failure, Success
+from workerd.providers import Provider, ProviderError
+from workerd.retry import retry_delay
+from workerd.settings import Settings
+
+log = logging.getLogger("workerd")
+
+Clock = Callable[[], datetime | None]
+
+
+class DatabaseDown(Exception):
+    """The database could not be reached this step; ``run`` backs off and tries again."""
+
+
+@dataclass(slots=True)
+class Step:
+    """What one ``run_once`` did."""
+
+    claimed: int = 0
+    recorded: int = 0
+    dropped: int = 0
+    rescued: int = 0
+    finalized: dict[uuid.UUID, str] = field(default_factory=dict)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.claimed or self.recorded or self.dropped or self.rescued)
+
+
+def make_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    """One worker process's engine. Provider, clock, random source and connection factory are
+    passed in, so tests swap any of them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        provider: Provider,
+        connect: Callable[[], psycopg.Connection[Any]],
+        *,
+        concurrency: int = 1,
+        worker_id: str | None = None,
+        clock: Clock = lambda: None,
+        rng: random.Random | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.settings = settings
+        self.provider = provider
+        self.concurrency = concurrency
+        self.worker_id = worker_id or make_worker_id()
+        self._connect = connect
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._monotonic = monotonic
+        self._conn: psycopg.Connection[Any] | None = None
+        # Chunks we own, until their outcome is recorded (or handed back).
+        self._inflight: dict[tuple[uuid.UUID, int], ClaimedChunk] = {}
+        # Outcomes from attempt threads, and outcomes not yet written (kept through outages).
+        self._finished: queue_mod.SimpleQueue[Success | Failure] = queue_mod.SimpleQueue()
+        self._unrecorded: list[Success | Failure] = []
+        self._pool: _AttemptPool | None = None
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        # False while a LISTEN connection is being re-established: poll briskly meanwhile.
+        self.listening = True
+        self._next_heartbeat = 0.0
+        self._next_rescue = 0.0
+
+    # -- one step ------------------------------------------------------------------------
+
+    def run_once(self) -> Step:
+        """Record finished attempts, keep leases alive, rescue lost chunks, claim up to the
+        free capacity and start them. Without a thread pool the claimed chunks run here."""
+        step = Step()
+        self._record(step)
+        now = self._monotonic()
+        if self._inflight and now >= self._next_heartbeat:
+            self._heartbeat()
+            self._next_heartbeat = now + self.settings.lease_s / 3
+        if now >= self._next_rescue:
+            self._rescue(step)
+            self._next_rescue = now + min(5.0, self.settings.lease_s / 2)
+        if self.stopping.is_set():
+            return step
+        free = self.concurrency - len(self._inflight)
+        claimed = (
+            self._transaction(
+                lambda conn: queue.claim(
+                    conn, self.worker_id, free, lease_s=self.settings.lease_s, now=self._clock()
+                )
+            )
+            if free > 0
+            else []
+        )
+        step.claimed = len(claimed)
+        for chunk in claimed:
+            self._inflight[chunk.key] = chunk
+            if self._pool is not None:
+                self._pool.submit(chunk)
+            else:
+                self._finished.put(self.attempt(chunk))
+        if claimed and self._pool is None:
+            self._record(step)
+        return step
+
+    def attempt(self, chunk: ClaimedChunk) -> Success | Failure:
+        """Run the provider on one chunk; never raises: every error becomes a Failure."""
+        try:
+            result = self.provider.analyze(chunk.text)
+        except ProviderError as exc:
+            return self._failure(chunk, exc, retryable=exc.retryable, hint=exc.retry_after)
+        except Exception as exc:  # an unknown error may be transient: retry it, within limits
+            log.warning("provider raised %s on chunk %s/%s", type(exc).__name__, *chunk.key)
+            return self._failure(chunk, exc, retryable=True, hint=None)
+        return Success(chunk, result)
+
+    def _failure(
+        self, chunk: ClaimedChunk, exc: Exception, *, retryable: bool, hint: float | None
+    ) -> Failure:
+        s = self.settings
+        delay = retry_delay(
+            chunk.attempt,
+            retryable=retryable,
+            max_attempts=s.max_attempts,
+            base_s=s.backoff_base_s,
+            max_s=s.backoff_max_s,
+            rng=self._rng,
+            hint_s=hint,
+        )
+        return Failure(chunk, type(exc).__name__, str(exc) or type(exc).__name__, delay)
+
+    def _record(self, step: Step) -> None:
+        while True:
+            try:
+                self._unrecorded.append(self._finished.get_nowait())
+            except queue_mod.Empty:
+                break
+        if not self._unrecorded:
+            return
+        batch = list(self._unrecorded)
+        recorded = self._transaction(
+            lambda conn: queue.record(
+                conn, self.worker_id, batch, self.provider.summarize, now=self._clock()
+            )
+        )
+        # Written (or refused by the fence): either way these attempts are over for us.
+        self._unrecorded.clear()
+        for outcome in batch:
+            self._inflight.pop(outcome.chunk.key, None)
+        for key in recorded.dropped:
+            log.warning("lease lost before recording chunk %s/%s; result dropped", *key)
+        step.recorded += recorded.applied
+        step.dropped += len(recorded.dropped)
+        step.finalized.update({k: v.value for k, v in recorded.finalized.items()})
+        for job_id, status in recorded.finalized.items():
+            log.info("job %s finalized: %s", job_id, status.value)
+
+    def _heartbeat(self) -> None:
+        chunks = list(self._inflight.values())
+        self._transaction(
+            lambda conn: queue.heartbeat(
+                conn, self.worker_id, chunks, lease_s=self.settings.lease_s, now=self._clock()
+            )
+        )
+
+    def _rescue(self, step: Step) -> None:
+        requeued, failed, finalized = self._transaction(
+            lambda conn: queue.rescue(
+                conn,
+                self.provider.summarize,
+                max_attempts=self.settings.max_attempts,
+                now=self._clock(),
+            )
+        )
+        if requeued or failed:
+            log.warning(
+                "rescued %d chunks from lost workers (%d failed for good)",
+                requeued + failed,
+                failed,
+            )
+        step.rescued += requeued + failed
+        step.finalized.update({k: v.value for k, v in finalized.items()})
+
+    def hand_back(self) -> int:
+        """Return every chunk still in flight to the queue without counting the attempt."""
+        chunks = list(self._inflight.values())
+        if not chunks:
+            return 0
+        released = self._transaction(
+            lambda conn: queue.release(conn, self.worker_id, chunks, now=self._clock())
+        )
+        self._inflight.clear()
+        return released
+
+    def idle(self) -> bool:
+        """True when nothing is due now, nothing is running anywhere, and nothing is in flight."""
+        if self._inflight or self._unrecorded:
+            return False
+        return bool(
+            self._transaction(
+                lambda conn: conn.execute(
+                    f"""SELECT NOT EXISTS (SELECT 1 FROM chunks WHERE status = 'running')
+                       AND NOT EXISTS (SELECT 1 FROM chunks WHERE status = 'pending'
+                                       AND next_attempt_at <= {queue.NOW})""",
+                    {"now": self._clock()},
+                ).fetchone()[0]  # type: ignore[index]
+            )
+        )
+
+    def seconds_until_due(self) -> float | None:
+        """Seconds until the earliest pending chunk is due (0 if overdue), None if none."""
+
+        def query(conn: psycopg.Connection[Any]) -> float | None:
+            row = conn.execute(
+                f"""SELECT extract(epoch FROM min(next_attempt_at) - {queue.NOW})
+                    FROM chunks WHERE status = 'pending'""",
+                {"now": self._clock()},
+            ).fetchone()
+            return None if row is None or row[0] is None else max(0.0, float(row[0]))
+
+        return self._transaction(query)
+
+    # -- database access -----------------------------------------------------------------
+
+    def _transaction(self, fn: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+        """Run ``fn`` in one transaction on our connection, reconnecting if it was lost."""
+        try:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self._conn = self._connect()
+            with self._conn.transaction():
+                return fn(self._conn)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if self._conn is not None and (self._conn.closed or self._conn.broken):
+                self._conn.close()
+                self._conn = None
+            raise DatabaseDown(str(exc).strip() or type(exc).__name__) from exc
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.stop()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self, *, burst: bool = False, listen: Callable[[Worker], None] | None = None) -> int:
+        """Loop until stopped (or, with ``burst``, until idle); returns the exit code.
+
+        ``listen`` runs in a background thread and sets ``self.wake`` when work arrives.
+        """
+        self._pool = _AttemptPool(self, self.concurrency)
+        if listen is not None:
+            threading.Thread(target=listen, args=(self,), name="chunkq-listen", daemon=True).start()
+        grace_deadline: float | None = None
+        db_backoff = 0.0
+        try:
+            while True:
+                if self.stopping.is_set():
+                    if grace_deadline is None:
+                        grace_deadline = self._monotonic() + self.settings.shutdown_grace_s
+                        log.info(
+                            "stopping: finishing %d in-flight chunks (grace %.0fs)",
+                            len(self._inflight),
+                            self.settings.shutdown_grace_s,
+                        )
+                    if not self._inflight and self._finished.empty() and not self._unrecorded:
+                        return 0
+                    if self._monotonic() >= grace_deadline:
+                        return self._give_up()
+                self.wake.clear()
+                try:
+                    step = self.run_once()
+                    if burst and not step.busy and self.idle():
+                        return 0
+                    wait = 0.0 if step.claimed else self._wait_time(grace_deadline)
+                    db_backoff = 0.0
+                except DatabaseDown as exc:
+                    db_backoff = min(10.0, max(0.2, db_backoff * 2))
+                    wait = db_backoff * (0.5 + self._rng.random() / 2)
+                    log.warning("database unavailable (%s); retrying in %.1fs", exc, wait)
+                    if grace_deadline is not None:
+                        wait = min(wait, max(0.0, grace_deadline - self._monotonic()))
+                if wait > 0:
+                    self.wake.wait(wait)
+        finally:
+            self.close()
+
+    def _wait_time(self, grace_deadline: float | None) -> float:
+        now = self._monotonic()
+        wait = self.settings.poll_interval_s
+        if not self.listening:
+            wait = min(wait, 0.5)
+        if self._inflight:
+            wait = min(wait, max(0.0, self._next_heartbeat - now))
+        wait = min(wait, max(0.0, self._next_rescue - now))
+        if grace_deadline is not None:
+            wait = min(wait, max(0.0, grace_deadline - now))
+        if len(self._inflight) < self.concurrency and not self.stopping.is_set():
+            due = self.seconds_until_due()
+            if due is not None:
+                wait = min(wait, due)
+        return wait
+
+    def _give_up(self) -> int:
+        """Grace is over: record what finished, hand back the rest, exit cleanly."""
+        try:
+            self._record(Step())
+            released = self.hand_back()
+            log.info("grace period over: handed back %d chunks", released)
+        except DatabaseDown as exc:
+            log.warning("could not hand back chunks (%s); their leases will expire", exc)
+        return 0
+
+    def stop(self) -> None:
+        """Stop claiming; ``run`` finishes in-flight chunks within the grace period."""
+        self.stopping.set()
+        self.wake.set()
+
+
+class _AttemptPool:
+    """Daemon threads that run provider calls. Daemon, so a provider call stuck past the
+    grace period cannot keep the process alive after its chunks were handed back."""
+
+    def __init__(self, worker: Worker, size: int) -> None:
+        self._worker = worker
+        self._tasks: queue_mod.SimpleQueue[ClaimedChunk | None] = queue_mod.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"chunkq-attempt-{i}", daemon=True)
+            for i in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, chunk: ClaimedChunk) -> None:
+        self._tasks.put(chunk)
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._tasks.put(None)
+
+    def _loop(self) -> None:
+        while (chunk := self._tasks.get()) is not None:
+            outcome = self._worker.attempt(chunk)
+            self._worker._finished.put(outcome)
+            self._worker.wake.set()
