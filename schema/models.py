@@ -84,8 +84,8 @@ class Chunk(Base):
         CheckConstraint(check_constraint("status", ChunkStatus), name="status"),
         CheckConstraint("start_offset >= 0 AND end_offset > start_offset", name="offsets"),
         CheckConstraint("attempts >= 0", name="attempts"),
-        # The claim: due pending chunks, oldest due first, a job's chunks in order. Partial, so it holds only the
-        # backlog, not the millions of finished rows.
+        # The claim: due pending chunks, oldest due first, a job's chunks in order.
+        # Partial, so it holds only the backlog, not the millions of finished rows.
         Index(
             "chunks_due_idx",
             "next_attempt_at",
