@@ -1,0 +1,248 @@
+"""The worker loop on a real PostgreSQL: outcomes, retries with backoff, finalization, races."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import psycopg
+
+from schema.db import connect
+from tests.support import assert_invariants, chunk_rows, job_row, submit
+from workerd.providers import RetryableError, SimulatedProvider
+from workerd.retry import backoff
+from workerd.settings import Settings
+from workerd.worker import Worker
+
+FAST = Settings(backoff_base_s=0.0, backoff_max_s=0.0, max_attempts=3)
+
+
+def make_worker(url: str, provider: Any, settings: Settings = FAST, **kwargs: Any) -> Worker:
+    return Worker(settings, provider, functools.partial(connect, url, autocommit=True), **kwargs)
+
+
+def drain(
+    worker: Worker, db: psycopg.Connection[Any], job_id: uuid.UUID, steps: int = 200
+) -> dict[str, Any]:
+    """Step the worker until the job is terminal (no threads, no sleeps)."""
+    for _ in range(steps):
+        worker.run_once()
+        row = job_row(db, job_id)
+        if row["status"] not in ("PENDING", "PROCESSING"):
+            return row
+    raise AssertionError(f"job {job_id} not terminal after {steps} steps: {job_row(db, job_id)}")
+
+
+PARAGRAPHS = "\n\n".join(f"Paragraph {i} talks about topic {i}." for i in range(8))
+
+
+def test_one_chunk_always_failing__gives_partial_success_with_every_attempt_listed(
+    database_url: str, db: psycopg.Connection[Any], client: Any
+) -> None:
+    job_id = submit(db, PARAGRAPHS, 40)
+    total = job_row(db, job_id)["chunks_total"]
+    provider = SimulatedProvider(fail_pattern="topic 3")
+    worker = make_worker(database_url, provider, concurrency=4)
+    try:
+        row = drain(worker, db, job_id)
+    finally:
+        worker.close()
+    assert row["status"] == "PARTIAL_SUCCESS"
+    assert (row["chunks_completed"], row["chunks_failed"]) == (total - 1, 1)
+    entries = row["analysis_result"]["chunks"]
+    assert [e["index"] for e in entries] == list(range(total))
+    assert "".join(PARAGRAPHS[e["start"] : e["end"]] for e in entries) == PARAGRAPHS
+    [bad] = [e for e in entries if "topic 3" in PARAGRAPHS[e["start"] : e["end"]]]
+    assert bad["status"] == "failed" and "result" not in bad and bad["error"]
+    for entry in entries:
+        if entry is not bad:
+            text = PARAGRAPHS[entry["start"] : entry["end"]]
+            assert entry["status"] == "succeeded"
+            assert entry["result"] == provider.analyze(text)
+    logged = db.execute(
+        "SELECT seq, attempt, error_class FROM chunk_attempts WHERE job_id = %s ORDER BY attempt",
+        (job_id,),
+    ).fetchall()
+    assert logged == [(bad["index"], n, "RetryableError") for n in (1, 2, 3)]
+    report = client.get(f"/v1/analyze/{job_id}").get_json()
+    assert report["status"] == "PARTIAL_SUCCESS" and report["percent"] == 100.0
+    assert [(e["chunk_index"], e["attempt"]) for e in report["errors"]] == [
+        (bad["index"], n) for n in (1, 2, 3)
+    ]
+    assert report["analysis_result"] == row["analysis_result"]
+    assert_invariants(db)
+
+
+def test_every_chunk_failing__gives_failed(database_url: str, db: psycopg.Connection[Any]) -> None:
+    job_id = submit(db, PARAGRAPHS, 40)
+    worker = make_worker(database_url, SimulatedProvider(fail_rate=1.0), concurrency=8)
+    try:
+        row = drain(worker, db, job_id)
+    finally:
+        worker.close()
+    assert row["status"] == "FAILED"
+    assert row["chunks_failed"] == row["chunks_total"] and row["chunks_completed"] == 0
+    assert all(e["status"] == "failed" for e in row["analysis_result"]["chunks"])
+    assert_invariants(db)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+def test_backoff__grows_exponentially_within_jitter_band_and_cap() -> None:
+    rng = random.Random(7)
+    for attempt in range(1, 12):
+        ceiling = min(30.0, 2.0 * 2 ** (attempt - 1))
+        delays = [backoff(attempt, base_s=2.0, max_s=30.0, rng=rng) for _ in range(200)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert max(delays) - min(delays) > ceiling / 4  # jitter is really there
+    low = random.Random()
+    low.random = lambda: 0.0  # type: ignore[method-assign]
+    assert [backoff(a, base_s=1.0, max_s=60.0, rng=low) for a in (1, 2, 3, 4)] == [
+        0.5,
+        1.0,
+        2.0,
+        4.0,
+    ]
+
+
+def test_retry__waits_for_next_attempt_at_on_an_injected_clock(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    job_id = submit(db, "flaky chunk", 100)
+    clock = FakeClock()
+    settings = Settings(backoff_base_s=4.0, backoff_max_s=60.0, max_attempts=5)
+    calls: list[int] = []
+
+    class FailTwice:
+        name = "fail-twice"
+
+        def analyze(self, text: str) -> dict[str, Any]:
+            calls.append(1)
+            if len(calls) <= 2:
+                raise RetryableError("not yet")
+            return {"ok": True}
+
+        def summarize(self, results: list[Any]) -> dict[str, Any]:
+            return {}
+
+    rng = random.Random(3)
+    expected = random.Random(3)
+    worker = make_worker(database_url, FailTwice(), settings, clock=clock, rng=rng)
+    try:
+        failed_at = clock()
+        assert worker.run_once().claimed == 1
+        delay = backoff(1, base_s=4.0, max_s=60.0, rng=expected)
+        assert 2.0 <= delay <= 4.0
+        due = chunk_rows(db, job_id)[0]["next_attempt_at"]
+        assert due == failed_at + dt.timedelta(seconds=delay)
+        clock.advance(delay - 0.01)
+        assert worker.run_once().claimed == 0
+        clock.advance(0.01)
+        assert worker.run_once().claimed == 1
+        second = backoff(2, base_s=4.0, max_s=60.0, rng=expected)
+        assert 4.0 <= second <= 8.0
+        assert chunk_rows(db, job_id)[0]["next_attempt_at"] == clock() + dt.timedelta(
+            seconds=second
+        )
+        clock.advance(second)
+        step = worker.run_once()
+        assert step.claimed == 1 and step.finalized == {job_id: "COMPLETED"}
+    finally:
+        worker.close()
+    assert len(calls) == 3
+
+
+def test_race__many_threads_drain_many_jobs_each_chunk_and_job_finished_once(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    # Count every transition to succeeded with a trigger: an exactly-once claim must be
+    # observed, not inferred from the final state.
+    db.execute(
+        """CREATE TABLE succeeded_log (job_id uuid, seq int);
+           CREATE FUNCTION log_success() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN INSERT INTO succeeded_log VALUES (NEW.job_id, NEW.seq); RETURN NEW; END $$;
+           CREATE TRIGGER log_success AFTER UPDATE OF status ON chunks FOR EACH ROW
+           WHEN (NEW.status = 'succeeded' AND OLD.status <> 'succeeded')
+           EXECUTE FUNCTION log_success();"""
+    )
+    jobs = [submit(db, f"job {j}: " + "lorem ipsum dolor sit amet " * 40, 50) for j in range(12)]
+    total = db.execute("SELECT count(*) FROM chunks").fetchone()[0]  # type: ignore[index]
+    finalized: Counter[uuid.UUID] = Counter()
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        worker = make_worker(database_url, SimulatedProvider(), concurrency=5)
+        try:
+            idle = 0
+            while idle < 3:
+                step = worker.run_once()
+                with lock:
+                    finalized.update(step.finalized.keys())
+                idle = 0 if step.busy else idle + 1
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            worker.close()
+
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    assert sorted(finalized) == sorted(jobs) and set(finalized.values()) == {1}
+    per_chunk = db.execute(
+        "SELECT count(*), count(DISTINCT (job_id, seq)) FROM succeeded_log"
+    ).fetchone()
+    assert per_chunk == (total, total)
+    assert (
+        db.execute(
+            "SELECT count(*) FROM chunks WHERE status <> 'succeeded' OR attempts <> 1"
+        ).fetchone()[0]
+        == 0
+    )  # type: ignore[index]
+    assert {job_row(db, j)["status"] for j in jobs} == {"COMPLETED"}
+    assert_invariants(db)
+
+
+def test_submit__answers_within_100ms_while_workers_run_slow_chunks(
+    database_url: str, db: psycopg.Connection[Any], client: Any
+) -> None:
+    submit(db, "busy " * 200, 50)
+    slow = make_worker(database_url, SimulatedProvider(latency_ms=3000), concurrency=4)
+    thread = threading.Thread(target=slow.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while db.execute("SELECT count(*) FROM chunks WHERE status = 'running'").fetchone()[0] < 4:  # type: ignore[index]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        client.post("/v1/analyze", json={"raw_text": "warm up", "max_chunk_chars": 100})
+        started = time.perf_counter()
+        response = client.post(
+            "/v1/analyze", json={"raw_text": "new work " * 500, "max_chunk_chars": 200}
+        )
+        elapsed = time.perf_counter() - started
+        assert response.status_code == 202 and response.get_json()["job_id"]
+        assert elapsed < 0.1, f"submit took {elapsed * 1000:.1f} ms"
+    finally:
+        slow.settings = Settings(shutdown_grace_s=0)
+        slow.stop()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
