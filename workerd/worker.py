@@ -305,7 +305,7 @@ class Worker:
                     wait = 0.0 if step.claimed else self._wait_time(grace_deadline)
                     db_backoff = 0.0
                 except DatabaseDown as exc:
-                    db_backoff = min(10.0, max(0.2, db_backoff * 2))
+                    db_backoff = min(2.0, max(0.1, db_backoff * 2))
                     wait = db_backoff * (0.5 + self._rng.random() / 2)
                     log.warning("database unavailable (%s); retrying in %.1fs", exc, wait)
                     if grace_deadline is not None:
