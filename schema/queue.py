@@ -25,6 +25,8 @@ from schema.errors import JobConflict, JobNotFound
 from schema.states import ChunkStatus, JobStatus
 
 NOTIFY_CHANNEL = "chunkq_work"
+# pg_advisory_xact_lock key serialising capped claims (an arbitrary constant: "chunkq").
+CAP_LOCK_KEY = 0x6368756E6B71
 
 # `now` as a parameter, or the database's clock when the caller passes None.
 NOW = "COALESCE(%(now)s::timestamptz, now())"
@@ -146,6 +148,7 @@ def claim(
     *,
     lease_s: float,
     now: datetime | None = None,
+    cap: int | None = None,
 ) -> list[ClaimedChunk]:
     """Take up to ``limit`` due pending chunks: running, one more attempt, leased to us.
 
@@ -153,7 +156,16 @@ def claim(
     each other or taking the same row; the partial index keeps it an index scan however
     many finished rows the table holds. The job moves PENDING -> PROCESSING in the same
     statement, so a client never sees a running chunk under a PENDING job.
+
+    ``cap`` bounds the chunks running across every worker (CHUNKQ_PROVIDER_CONCURRENCY).
+    Capped claims take a transaction-scoped advisory lock first, so the count of running
+    chunks each one reads stays true until it commits: no two workers can both fill the
+    last free slot.
     """
+    if cap is not None:
+        conn.execute("SELECT pg_advisory_xact_lock(%(key)s)", {"key": CAP_LOCK_KEY})
+        row = conn.execute("SELECT count(*) FROM chunks WHERE status = 'running'").fetchone()
+        limit = min(limit, cap - (row[0] if row else 0))
     if limit <= 0:
         return []
     rows = conn.execute(
@@ -298,14 +310,17 @@ def record(
     summarize: Summarize,
     *,
     now: datetime | None = None,
+    notify: bool = False,
 ) -> Recorded:
     """Record a batch of attempt outcomes and finalize every job whose last chunk this was.
 
     Run inside one transaction. Every write is fenced on (status running, attempt, owner):
     an outcome whose lease was lost matches no row and is reported in ``dropped``, never
-    written twice. The counters move in the same statements as the chunk states, so they
-    equal the row counts at every commit; the job rows are locked first, in id order, so
-    the transaction that sees completed + failed = total is the only one that can.
+    written twice. ``notify`` wakes other workers at commit (under a shared cap, a finished
+    chunk frees a slot they may be waiting for). The counters move in the same statements
+    as the chunk states, so they equal the row counts at every commit; the job rows are
+    locked first, in id order, so the transaction that sees completed + failed = total is
+    the only one that can.
     """
     if not outcomes:
         return Recorded(0, [], {})
@@ -341,6 +356,8 @@ def record(
             statement, {**params, "job_ids": job_ids, "seqs": seqs, "attempts": attempts, **extra}
         ).fetchall()
     applied = {(job_id, seq) for job_id, seq, _ in rows}
+    if notify and applied:
+        conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
     dropped = [o.chunk.key for o in outcomes if o.chunk.key not in applied]
     finalized: dict[uuid.UUID, JobStatus] = {}
     for job_id in sorted({job_id for job_id, _, all_final in rows if all_final}):

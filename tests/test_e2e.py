@@ -32,6 +32,11 @@ def test_e2e__submit_over_http_two_workers_complete_in_order(
         for i in range(2)
     ]
     try:
+        for i in range(2):
+            log = tmp_path / f"worker{i}.log"
+            wait_for(
+                lambda log=log: "listening for work" in log.read_text(), 30, f"worker {i} to listen"
+            )
         with gunicorn(database_url) as base, httpx.Client(base_url=base, timeout=10) as http:
             response = http.post("/v1/analyze", json={"raw_text": TEXT, "max_chunk_chars": 300})
             assert response.status_code == 202

@@ -321,7 +321,6 @@ def test_make_provider__builds_known_providers_with_options():
 
 
 def test_make_provider__unknown_name_lists_the_choices():
-    with pytest.raises(
-        ValueError, match="unknown provider 'gpt'; choose one of: builtin, simulated"
-    ):
+    with pytest.raises(ValueError, match="unknown provider 'gpt'; choose one of: ") as info:
         make_provider("gpt")
+    assert {"builtin", "simulated"} <= set(str(info.value).split(": ")[1].split(", "))

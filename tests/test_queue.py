@@ -31,14 +31,16 @@ def other(database_url: str) -> Any:
         yield conn
 
 
-def claim(conn: psycopg.Connection[Any], me: str, limit: int = 10, now: float = 0.0,
-          lease: float = 30.0) -> list[queue.ClaimedChunk]:
+def claim(
+    conn: psycopg.Connection[Any], me: str, limit: int = 10, now: float = 0.0, lease: float = 30.0
+) -> list[queue.ClaimedChunk]:
     with conn.transaction():
         return queue.claim(conn, me, limit, lease_s=lease, now=at(now))
 
 
-def record(conn: psycopg.Connection[Any], me: str, outcomes: list[Any],
-           now: float = 1.0) -> queue.Recorded:
+def record(
+    conn: psycopg.Connection[Any], me: str, outcomes: list[Any], now: float = 1.0
+) -> queue.Recorded:
     with conn.transaction():
         return queue.record(conn, me, outcomes, summarize, now=at(now))
 
@@ -154,8 +156,8 @@ def test_record__merges_in_seq_order_when_chunks_finish_in_reverse(
     result = job_row(db, job_id)["analysis_result"]
     entries = result["chunks"]
     assert [e["index"] for e in entries] == list(range(len(chunks)))
-    assert "".join(text[e["start"]:e["end"]] for e in entries) == text
-    assert [e["result"]["text"] for e in entries] == [text[e["start"]:e["end"]] for e in entries]
+    assert "".join(text[e["start"] : e["end"]] for e in entries) == text
+    assert [e["result"]["text"] for e in entries] == [text[e["start"] : e["end"]] for e in entries]
     assert result["summary"] == {"chunks": len(chunks), "chars": len(text)}
 
 
@@ -200,3 +202,20 @@ def test_cancel__cancels_pending_drops_late_result_and_conflicts_when_terminal(
     with db.transaction(), pytest.raises(JobNotFound):
         queue.cancel(db, queue.uuid.uuid4(), summarize)
     assert_invariants(db)
+
+
+def test_claim__shared_cap_counts_running_chunks_of_every_worker(
+    db: psycopg.Connection[Any], other: Any
+) -> None:
+    submit(db, "x" * 100, 10)
+    with db.transaction():
+        mine = queue.claim(db, "A", 8, lease_s=30, now=at(0), cap=3)
+        assert len(mine) == 3
+        # B blocks on the advisory lock until A commits, then sees A's three running.
+    with other.transaction():
+        assert queue.claim(other, "B", 8, lease_s=30, now=at(0), cap=3) == []
+    record(db, "A", [Success(mine[0], {})])
+    with other.transaction():
+        assert len(queue.claim(other, "B", 8, lease_s=30, now=at(1), cap=3)) == 1
+    with other.transaction():
+        assert len(queue.claim(other, "B", 8, lease_s=30, now=at(1), cap=None)) == 8 - 2

@@ -26,12 +26,16 @@ def listener(connect: Callable[[], psycopg.Connection[Any]]) -> Callable[[Worker
 
     def listen(worker: Worker) -> None:
         delay = 0.2
+        first = True
         while not worker.stopping.is_set():
             try:
                 with connect() as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     if not worker.listening:
                         log.info("LISTEN re-established")
+                    elif first:
+                        log.info("listening for work")
+                    first = False
                     worker.listening = True
                     delay = 0.2
                     worker.wake.set()  # work may have arrived while we were not listening

@@ -94,6 +94,7 @@ class Worker:
         self.listening = True
         self._next_heartbeat = 0.0
         self._next_rescue = 0.0
+        self._capped = False
 
     # -- one step ------------------------------------------------------------------------
 
@@ -115,13 +116,21 @@ class Worker:
         claimed = (
             self._transaction(
                 lambda conn: queue.claim(
-                    conn, self.worker_id, free, lease_s=self.settings.lease_s, now=self._clock()
+                    conn,
+                    self.worker_id,
+                    free,
+                    lease_s=self.settings.lease_s,
+                    now=self._clock(),
+                    cap=self.settings.provider_concurrency,
                 )
             )
             if free > 0
             else []
         )
         step.claimed = len(claimed)
+        # Under a shared cap, an empty claim with work due means the cap is full: wait for
+        # a NOTIFY from whoever frees a slot instead of polling the claim in a tight loop.
+        self._capped = self.settings.provider_concurrency is not None and len(claimed) < free
         for chunk in claimed:
             self._inflight[chunk.key] = chunk
             if self._pool is not None:
@@ -169,7 +178,12 @@ class Worker:
         batch = list(self._unrecorded)
         recorded = self._transaction(
             lambda conn: queue.record(
-                conn, self.worker_id, batch, self.provider.summarize, now=self._clock()
+                conn,
+                self.worker_id,
+                batch,
+                self.provider.summarize,
+                now=self._clock(),
+                notify=self.settings.provider_concurrency is not None,
             )
         )
         # Written (or refused by the fence): either way these attempts are over for us.
@@ -325,7 +339,9 @@ class Worker:
         wait = min(wait, max(0.0, self._next_rescue - now))
         if grace_deadline is not None:
             wait = min(wait, max(0.0, grace_deadline - now))
-        if len(self._inflight) < self.concurrency and not self.stopping.is_set():
+        if self._capped:
+            wait = min(wait, 1.0)
+        elif len(self._inflight) < self.concurrency and not self.stopping.is_set():
             due = self.seconds_until_due()
             if due is not None:
                 wait = min(wait, due)
