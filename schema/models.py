@@ -26,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from schema.states import ChunkStatus, JobStatus, check_constraint
+from schema.states import ChunkStatus, JobStatus, ReduceStatus, check_constraint
 
 NAMING = {
     "ix": "%(table_name)s_%(column_0_N_name)s_idx",
@@ -140,6 +140,31 @@ class ChunkAttempt(Base):
     error: Mapped[str] = mapped_column(Text)
     worker_id: Mapped[str | None] = mapped_column(Text)
     at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class Reduction(Base):
+    """The optional reduce step of one finished job: its own retried unit of work, so a
+    failure here never touches the job's status or its per-chunk results."""
+
+    __tablename__ = "reductions"
+    __table_args__ = (
+        CheckConstraint(check_constraint("status", ReduceStatus), name="status"),
+        Index("reductions_due_idx", "next_attempt_at", postgresql_where=text("status = 'pending'")),
+    )
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    status: Mapped[str] = mapped_column(Text, server_default=ReduceStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=_now()
+    )
+    worker_id: Mapped[str | None] = mapped_column(Text)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 metadata = Base.metadata

@@ -456,13 +456,13 @@ def finalize(
     the new status, or None when there was nothing to do.
     """
     row = conn.execute(
-        "SELECT status, chunks_total, chunks_completed, chunks_failed FROM jobs"
+        "SELECT status, chunks_total, chunks_completed, chunks_failed, options FROM jobs"
         " WHERE id = %(id)s FOR UPDATE",
         {"id": job_id},
     ).fetchone()
     if row is None:
         return None
-    status, total, completed, failed = row
+    status, total, completed, failed, options = row
     if JobStatus(status).terminal or completed + failed < total:
         return None
     if failed == 0:
@@ -472,6 +472,13 @@ def finalize(
     else:
         new_status = JobStatus.PARTIAL_SUCCESS
     result = merged_result(conn, job_id, summarize)
+    if options.get("reduce"):
+        if completed:
+            from schema import reductions
+
+            result["reduce"] = reductions.schedule(conn, job_id, now=now)
+        else:
+            result["reduce"] = {"status": "skipped", "reason": "no chunk succeeded"}
     conn.execute(
         f"""UPDATE jobs SET status = %(status)s, analysis_result = %(result)s::jsonb,
                             finished_at = {NOW}, updated_at = {NOW}

@@ -77,3 +77,17 @@ def check_constraint(column: str, enum_cls: type[enum.StrEnum]) -> str:
     """The SQL CHECK expression that limits ``column`` to the members of ``enum_cls``."""
     values = ", ".join(f"'{member.value}'" for member in enum_cls)
     return f"{column} IN ({values})"
+
+
+class ReduceStatus(enum.StrEnum):
+    """States of a row in ``reductions`` (the optional document-level reduce step)."""
+
+    # Written by the finalizing transaction; a worker's claim moves it to running.
+    PENDING = "pending"
+    # Owned by one worker until its lease ends; the owner (or a claim after the lease
+    # expired) moves it on.
+    RUNNING = "running"
+    # Terminal: the document-level result is in jobs.analysis_result.reduce.
+    SUCCEEDED = "succeeded"
+    # Terminal: attempts used up or a permanent error; the per-chunk results stay intact.
+    FAILED = "failed"

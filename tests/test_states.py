@@ -14,6 +14,7 @@ from schema.states import (
     TERMINAL_JOB_STATUSES,
     ChunkStatus,
     JobStatus,
+    ReduceStatus,
 )
 
 
@@ -60,10 +61,16 @@ def test_check_constraints__list_exactly_the_enum_values(db: psycopg.Connection[
     rows = dict(
         db.execute(
             """SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
-               WHERE conname IN ('jobs_status_check', 'chunks_status_check')"""
+               WHERE conname IN ('jobs_status_check', 'chunks_status_check',
+                                 'reductions_status_check')"""
         ).fetchall()
     )
-    for name, enum_cls in (("jobs_status_check", JobStatus), ("chunks_status_check", ChunkStatus)):
+    checks = (
+        ("jobs_status_check", JobStatus),
+        ("chunks_status_check", ChunkStatus),
+        ("reductions_status_check", ReduceStatus),
+    )
+    for name, enum_cls in checks:
         definition = rows[name]
         quoted = {part.split("'")[1] for part in definition.split("'::text")[:-1]}
         assert quoted == {m.value for m in enum_cls}, definition

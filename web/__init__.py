@@ -21,7 +21,16 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CHUNK_CHARS": 1_000_000,
     "MAX_CHUNKS_PER_JOB": 100_000,
     "DB_POOL_SIZE": 5,
+    "REDUCE": False,
 }
+
+def _flag(value: str) -> bool:
+    if value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.strip().lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected a boolean (1/0, true/false), got {value!r}")
+
 
 # Environment variable -> (config key, type).
 ENVIRONMENT = {
@@ -30,6 +39,7 @@ ENVIRONMENT = {
     "CHUNKQ_MAX_BODY_BYTES": ("MAX_CONTENT_LENGTH", int),
     "CHUNKQ_MAX_CHUNKS_PER_JOB": ("MAX_CHUNKS_PER_JOB", int),
     "CHUNKQ_DB_POOL_SIZE": ("DB_POOL_SIZE", int),
+    "CHUNKQ_REDUCE": ("REDUCE", _flag),
 }
 
 

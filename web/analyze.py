@@ -41,6 +41,7 @@ def submit() -> tuple[dict[str, Any], int, dict[str, str]]:
         default_chars=cfg["DEFAULT_CHUNK_CHARS"],
         min_chars=cfg["MIN_CHUNK_CHARS"],
         max_chars=cfg["MAX_CHUNK_CHARS"],
+        default_reduce=cfg["REDUCE"],
     )
     limit = cfg["MAX_CHUNKS_PER_JOB"]
     # No chunk is longer than max_chunk_chars, so this many chunks is the least there can be:

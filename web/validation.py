@@ -22,7 +22,12 @@ class Submission:
 
 
 def parse_submission(
-    request: Request, *, default_chars: int, min_chars: int, max_chars: int
+    request: Request,
+    *,
+    default_chars: int,
+    min_chars: int,
+    max_chars: int,
+    default_reduce: bool = False,
 ) -> Submission:
     """Parse and check a POST body, raising ValidationFailed with every finding."""
     if not request.is_json:
@@ -82,7 +87,7 @@ def parse_submission(
             )
         )
 
-    reduce = body.get("reduce", False)
+    reduce = body.get("reduce", default_reduce)
     if not isinstance(reduce, bool):
         errors.append(InvalidRequest("reduce", f"must be true or false, got {_kind(reduce)}"))
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue as queue_mod
@@ -21,15 +22,29 @@ from typing import Any
 
 import psycopg
 
-from schema import queue
+from schema import queue, reductions
 from schema.queue import ClaimedChunk, Failure, Success
-from workerd.providers import Provider, ProviderError
+from schema.reductions import ClaimedReduction
+from workerd.providers import Provider, ProviderError, can_reduce
 from workerd.retry import retry_delay
 from workerd.settings import Settings
 
 log = logging.getLogger("workerd")
 
 Clock = Callable[[], datetime | None]
+
+
+@dataclass(frozen=True, slots=True)
+class ReduceOutcome:
+    """One attempt at a job's reduce step: a result, or an error with its retry decision."""
+
+    reduction: ClaimedReduction
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    retry_in: float | None = None
+
+
+Outcome = Success | Failure | ReduceOutcome
 
 
 class DatabaseDown(Exception):
@@ -84,9 +99,11 @@ class Worker:
         self._conn: psycopg.Connection[Any] | None = None
         # Chunks we own, until their outcome is recorded (or handed back).
         self._inflight: dict[tuple[uuid.UUID, int], ClaimedChunk] = {}
+        self._reducing: dict[uuid.UUID, ClaimedReduction] = {}
         # Outcomes from attempt threads, and outcomes not yet written (kept through outages).
-        self._finished: queue_mod.SimpleQueue[Success | Failure] = queue_mod.SimpleQueue()
-        self._unrecorded: list[Success | Failure] = []
+        self._finished: queue_mod.SimpleQueue[Outcome] = queue_mod.SimpleQueue()
+        self._unrecorded: list[Outcome] = []
+        self._reduces = can_reduce(provider)
         self._pool: _AttemptPool | None = None
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -104,7 +121,7 @@ class Worker:
         step = Step()
         self._record(step)
         now = self._monotonic()
-        if self._inflight and now >= self._next_heartbeat:
+        if (self._inflight or self._reducing) and now >= self._next_heartbeat:
             self._heartbeat()
             self._next_heartbeat = now + self.settings.lease_s / 3
         if now >= self._next_rescue:
@@ -112,7 +129,7 @@ class Worker:
             self._next_rescue = now + min(5.0, self.settings.lease_s / 2)
         if self.stopping.is_set():
             return step
-        free = self.concurrency - len(self._inflight)
+        free = self.concurrency - len(self._inflight) - len(self._reducing)
         claimed = (
             self._transaction(
                 lambda conn: queue.claim(
@@ -133,13 +150,52 @@ class Worker:
         self._capped = self.settings.provider_concurrency is not None and len(claimed) < free
         for chunk in claimed:
             self._inflight[chunk.key] = chunk
-            if self._pool is not None:
-                self._pool.submit(chunk)
-            else:
-                self._finished.put(self.attempt(chunk))
-        if claimed and self._pool is None:
+            self._start(functools.partial(self.attempt, chunk))
+        # Reductions only take capacity the chunks left free: chunks come first.
+        if self._reduces and len(claimed) < free:
+            reduction = self._transaction(
+                lambda conn: reductions.claim(
+                    conn,
+                    self.worker_id,
+                    lease_s=self.settings.lease_s,
+                    max_attempts=self.settings.max_attempts,
+                    now=self._clock(),
+                )
+            )
+            if reduction is not None:
+                step.claimed += 1
+                self._reducing[reduction.job_id] = reduction
+                self._start(functools.partial(self.attempt_reduce, reduction))
+        if step.claimed and self._pool is None:
             self._record(step)
         return step
+
+    def _start(self, attempt: Callable[[], Outcome]) -> None:
+        """Run an attempt on the pool, or right here when there is no pool (tests)."""
+        if self._pool is not None:
+            self._pool.submit(attempt)
+        else:
+            self._finished.put(attempt())
+
+    def attempt_reduce(self, reduction: ClaimedReduction) -> ReduceOutcome:
+        """Run the provider's reduce step on a job's ordered analyses; never raises."""
+        try:
+            result = self.provider.reduce(reduction.analyses)  # type: ignore[attr-defined]
+        except Exception as exc:
+            retryable = exc.retryable if isinstance(exc, ProviderError) else True
+            hint = exc.retry_after if isinstance(exc, ProviderError) else None
+            s = self.settings
+            delay = retry_delay(
+                reduction.attempt,
+                retryable=retryable,
+                max_attempts=s.max_attempts,
+                base_s=s.backoff_base_s,
+                max_s=s.backoff_max_s,
+                rng=self._rng,
+                hint_s=hint,
+            )
+            return ReduceOutcome(reduction, error=f"{type(exc).__name__}: {exc}", retry_in=delay)
+        return ReduceOutcome(reduction, result=result)
 
     def attempt(self, chunk: ClaimedChunk) -> Success | Failure:
         """Run the provider on one chunk; never raises: every error becomes a Failure."""
@@ -175,9 +231,24 @@ class Worker:
                 break
         if not self._unrecorded:
             return
-        batch = list(self._unrecorded)
-        recorded = self._transaction(
-            lambda conn: queue.record(
+        batch = [o for o in self._unrecorded if not isinstance(o, ReduceOutcome)]
+        reduced = [o for o in self._unrecorded if isinstance(o, ReduceOutcome)]
+
+        def write(conn: psycopg.Connection[Any]) -> queue.Recorded:
+            for outcome in reduced:
+                if not reductions.finish(
+                    conn,
+                    self.worker_id,
+                    outcome.reduction,
+                    result=outcome.result,
+                    error=outcome.error,
+                    retry_in=outcome.retry_in,
+                    now=self._clock(),
+                ):
+                    log.warning(
+                        "lease lost before recording reduce of job %s", outcome.reduction.job_id
+                    )
+            return queue.record(
                 conn,
                 self.worker_id,
                 batch,
@@ -185,9 +256,13 @@ class Worker:
                 now=self._clock(),
                 notify=self.settings.provider_concurrency is not None,
             )
-        )
+
+        recorded = self._transaction(write)
         # Written (or refused by the fence): either way these attempts are over for us.
         self._unrecorded.clear()
+        step.recorded += len(reduced)
+        for outcome in reduced:
+            self._reducing.pop(outcome.reduction.job_id, None)
         for outcome in batch:
             self._inflight.pop(outcome.chunk.key, None)
         for key in recorded.dropped:
@@ -200,11 +275,14 @@ class Worker:
 
     def _heartbeat(self) -> None:
         chunks = list(self._inflight.values())
-        self._transaction(
-            lambda conn: queue.heartbeat(
-                conn, self.worker_id, chunks, lease_s=self.settings.lease_s, now=self._clock()
-            )
-        )
+        reducing = list(self._reducing.values())
+
+        def beat(conn: psycopg.Connection[Any]) -> None:
+            lease, now = self.settings.lease_s, self._clock()
+            queue.heartbeat(conn, self.worker_id, chunks, lease_s=lease, now=now)
+            reductions.heartbeat(conn, self.worker_id, reducing, lease_s=lease, now=now)
+
+        self._transaction(beat)
 
     def _rescue(self, step: Step) -> None:
         requeued, failed, finalized = self._transaction(
@@ -225,19 +303,26 @@ class Worker:
         step.finalized.update({k: v.value for k, v in finalized.items()})
 
     def hand_back(self) -> int:
-        """Return every chunk still in flight to the queue without counting the attempt."""
+        """Return everything still in flight to the queue without counting the attempt."""
         chunks = list(self._inflight.values())
-        if not chunks:
+        reducing = list(self._reducing.values())
+        if not chunks and not reducing:
             return 0
-        released = self._transaction(
-            lambda conn: queue.release(conn, self.worker_id, chunks, now=self._clock())
-        )
+
+        def release(conn: psycopg.Connection[Any]) -> int:
+            now = self._clock()
+            return queue.release(conn, self.worker_id, chunks, now=now) + reductions.release(
+                conn, self.worker_id, reducing, now=now
+            )
+
+        released = self._transaction(release)
         self._inflight.clear()
+        self._reducing.clear()
         return released
 
     def idle(self) -> bool:
         """True when nothing is due now, nothing is running anywhere, and nothing is in flight."""
-        if self._inflight or self._unrecorded:
+        if self._inflight or self._reducing or self._unrecorded:
             return False
         return bool(
             self._transaction(
@@ -307,7 +392,8 @@ class Worker:
                             len(self._inflight),
                             self.settings.shutdown_grace_s,
                         )
-                    if not self._inflight and self._finished.empty() and not self._unrecorded:
+                    busy = self._inflight or self._reducing or self._unrecorded
+                    if not busy and self._finished.empty():
                         return 0
                     if self._monotonic() >= grace_deadline:
                         return self._give_up()
@@ -369,7 +455,7 @@ class _AttemptPool:
 
     def __init__(self, worker: Worker, size: int) -> None:
         self._worker = worker
-        self._tasks: queue_mod.SimpleQueue[ClaimedChunk | None] = queue_mod.SimpleQueue()
+        self._tasks: queue_mod.SimpleQueue[Callable[[], Outcome] | None] = queue_mod.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._loop, name=f"chunkq-attempt-{i}", daemon=True)
             for i in range(size)
@@ -377,15 +463,14 @@ class _AttemptPool:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, chunk: ClaimedChunk) -> None:
-        self._tasks.put(chunk)
+    def submit(self, attempt: Callable[[], Outcome]) -> None:
+        self._tasks.put(attempt)
 
     def stop(self) -> None:
         for _ in self._threads:
             self._tasks.put(None)
 
     def _loop(self) -> None:
-        while (chunk := self._tasks.get()) is not None:
-            outcome = self._worker.attempt(chunk)
-            self._worker._finished.put(outcome)
+        while (attempt := self._tasks.get()) is not None:
+            self._worker._finished.put(attempt())
             self._worker.wake.set()

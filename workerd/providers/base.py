@@ -49,3 +49,10 @@ class Provider(Protocol):
     def summarize(self, results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
         """Merge the succeeded chunks, given in original order as (length in chars, result)."""
         ...
+
+
+def can_reduce(provider: Provider) -> bool:
+    """Whether ``provider`` has the optional ``reduce(analyses) -> dict`` step: one more call
+    that turns a job's ordered chunk analyses (dicts with index, start, end and result) into
+    a document-level result."""
+    return callable(getattr(provider, "reduce", None))

@@ -82,3 +82,16 @@ class SimulatedProvider:
     def _draw(self) -> float:
         with self._rng_lock:
             return self._rng.random()
+
+    def reduce(self, analyses: list[dict[str, Any]]) -> dict[str, Any]:
+        """The reduce step's double: one more call (same latency and random failures) that
+        folds the ordered chunk digests into one."""
+        if self.latency_ms > 0:
+            self._sleep(self.latency_ms / 1000)
+        if self.fail_rate > 0 and self._draw() < self.fail_rate:
+            raise RetryableError(f"simulated reduce failure (fail_rate={self.fail_rate})")
+        digests = "".join(a["result"]["digest"] for a in analyses)
+        return {
+            "chunks": len(analyses),
+            "digest": hashlib.sha256(digests.encode()).hexdigest()[:16],
+        }

@@ -1,0 +1,138 @@
+"""The optional reduce step: its own retried unit of work after finalization."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import Any
+
+import psycopg
+from flask.testing import FlaskClient
+
+from schema.db import connect
+from tests.support import assert_invariants, job_row
+from workerd.providers import PermanentError, SimulatedProvider
+from workerd.settings import Settings
+from workerd.worker import Worker
+
+FAST = Settings(backoff_base_s=0.0, backoff_max_s=0.0, max_attempts=3)
+TEXT = "\n\n".join(f"Section {i} says something about item {i}." for i in range(6))
+
+
+def steps(worker: Worker, n: int = 50) -> None:
+    for _ in range(n):
+        if not worker.run_once().busy:
+            return
+    raise AssertionError("worker still busy")
+
+
+def submit(client: FlaskClient, **extra: Any) -> str:
+    body = {"raw_text": TEXT, "max_chunk_chars": 45, **extra}
+    response = client.post("/v1/analyze", json=body)
+    assert response.status_code == 202
+    return str(response.get_json()["job_id"])
+
+
+def test_reduce__runs_after_finalization_and_lands_in_analysis_result(
+    client: FlaskClient, database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    job_id = submit(client, reduce=True)
+    provider = SimulatedProvider()
+    worker = Worker(
+        FAST, provider, functools.partial(connect, database_url, autocommit=True), concurrency=4
+    )
+    try:
+        steps(worker)
+    finally:
+        worker.close()
+    body = client.get(f"/v1/analyze/{job_id}").get_json()
+    assert body["status"] == "COMPLETED"
+    reduce = body["analysis_result"]["reduce"]
+    digests = "".join(c["result"]["digest"] for c in body["analysis_result"]["chunks"])
+    assert reduce == {
+        "status": "succeeded",
+        "attempts": 1,
+        "result": {
+            "chunks": body["chunks_total"],
+            "digest": hashlib.sha256(digests.encode()).hexdigest()[:16],
+        },
+    }
+    assert db.execute("SELECT status FROM reductions").fetchall() == [("succeeded",)]
+    assert_invariants(db)
+
+
+def test_reduce__failure_is_reported_and_chunk_results_stay(
+    client: FlaskClient, database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    job_id = submit(client, reduce=True)
+
+    class BrokenReduce(SimulatedProvider):
+        calls = 0
+
+        def reduce(self, analyses: list[dict[str, Any]]) -> dict[str, Any]:
+            BrokenReduce.calls += 1
+            raise PermanentError("model refused the summary")
+
+    worker = Worker(
+        FAST,
+        BrokenReduce(),
+        functools.partial(connect, database_url, autocommit=True),
+        concurrency=4,
+    )
+    try:
+        steps(worker)
+    finally:
+        worker.close()
+    body = client.get(f"/v1/analyze/{job_id}").get_json()
+    assert body["status"] == "COMPLETED"
+    result = body["analysis_result"]
+    assert result["reduce"]["status"] == "failed"
+    assert "model refused the summary" in result["reduce"]["error"]
+    assert BrokenReduce.calls == 1
+    assert len(result["chunks"]) == body["chunks_total"]
+    assert all(c["status"] == "succeeded" and c["result"] for c in result["chunks"])
+    assert job_row(db, job_id)["chunks_completed"] == body["chunks_total"]
+
+
+def test_reduce__retryable_failure_is_retried_then_succeeds(
+    client: FlaskClient, database_url: str
+) -> None:
+    job_id = submit(client, reduce=True)
+
+    class FlakyReduce(SimulatedProvider):
+        calls = 0
+
+        def reduce(self, analyses: list[dict[str, Any]]) -> dict[str, Any]:
+            FlakyReduce.calls += 1
+            if FlakyReduce.calls == 1:
+                raise TimeoutError("read timed out")
+            return {"ok": len(analyses)}
+
+    worker = Worker(
+        FAST,
+        FlakyReduce(),
+        functools.partial(connect, database_url, autocommit=True),
+        concurrency=2,
+    )
+    try:
+        steps(worker)
+    finally:
+        worker.close()
+    reduce = client.get(f"/v1/analyze/{job_id}").get_json()["analysis_result"]["reduce"]
+    assert reduce["status"] == "succeeded" and reduce["attempts"] == 2
+    assert FlakyReduce.calls == 2
+
+
+def test_reduce__not_requested_means_no_reduce(client: FlaskClient, database_url: str) -> None:
+    job_id = submit(client)
+    worker = Worker(
+        FAST,
+        SimulatedProvider(),
+        functools.partial(connect, database_url, autocommit=True),
+        concurrency=4,
+    )
+    try:
+        steps(worker)
+    finally:
+        worker.close()
+    assert "reduce" not in client.get(f"/v1/analyze/{job_id}").get_json()["analysis_result"]
