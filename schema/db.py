@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-from sqlalchemy import Engine, create_engine
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 
 def resolve_url(environ: Mapping[str, str] | None = None) -> str:
@@ -40,6 +42,8 @@ def sqlalchemy_url(url: str) -> str:
 
 def make_engine(url: str, **options: Any) -> Engine:
     """A pooled engine that checks connections before use, surviving a restarted server."""
+    from sqlalchemy import create_engine  # workerd never needs SQLAlchemy: import it here
+
     options.setdefault("pool_pre_ping", True)
     if "poolclass" not in options:
         options.setdefault("pool_size", 5)

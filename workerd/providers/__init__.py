@@ -2,40 +2,62 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from workerd.providers.base import PermanentError, Provider, ProviderError, RetryableError
-from workerd.providers.builtin import BuiltinProvider
-from workerd.providers.simulated import SimulatedProvider
+from workerd.providers.base import (
+    PermanentError,
+    Provider,
+    ProviderError,
+    RetryableError,
+    can_reduce,
+)
 
 if TYPE_CHECKING:
+    from workerd.providers.builtin import BuiltinProvider
+    from workerd.providers.openai import OpenAIProvider
+    from workerd.providers.simulated import SimulatedProvider
     from workerd.settings import Settings
 
 __all__ = [
     "BuiltinProvider",
+    "OpenAIProvider",
     "PermanentError",
     "Provider",
     "ProviderError",
     "RetryableError",
     "SimulatedProvider",
+    "can_reduce",
     "make_provider",
     "provider_from_settings",
 ]
 
-# Name -> constructor. The "openai" provider goes here when it exists.
-_FACTORIES: dict[str, Callable[..., Provider]] = {
-    "builtin": BuiltinProvider,
-    "simulated": SimulatedProvider,
+# Name -> (module, class). Imported only when chosen: the builtin analyzer's libraries take
+# seconds to import, which a worker running another provider should not pay at startup.
+_FACTORIES: dict[str, tuple[str, str]] = {
+    "builtin": ("workerd.providers.builtin", "BuiltinProvider"),
+    "openai": ("workerd.providers.openai", "OpenAIProvider"),
+    "simulated": ("workerd.providers.simulated", "SimulatedProvider"),
 }
+_CLASSES = {cls: module for module, cls in _FACTORIES.values()}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a provider class on first use (``from workerd.providers import X`` still works)."""
+    if name in _CLASSES:
+        return getattr(importlib.import_module(_CLASSES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_provider(name: str, **options: Any) -> Provider:
     """Build the provider called ``name``, passing ``options`` to its constructor."""
-    factory = _FACTORIES.get(name)
-    if factory is None:
+    if name not in _FACTORIES:
         choices = ", ".join(sorted(_FACTORIES))
         raise ValueError(f"unknown provider {name!r}; choose one of: {choices}")
+    module, cls = _FACTORIES[name]
+    factory: Callable[..., Provider] = getattr(importlib.import_module(module), cls)
     return factory(**options)
 
 
@@ -48,4 +70,18 @@ def provider_from_settings(settings: Settings) -> Provider:
             "fail_rate": settings.sim_fail_rate,
             "fail_pattern": settings.sim_fail_pattern,
         }
+    elif settings.provider == "openai":
+        options = {
+            "base_url": settings.openai_base_url,
+            "api_key": settings.openai_api_key,
+            "model": settings.model,
+            # Not a Settings field: a file path whose text is the user-prompt template.
+            "prompt_template": _prompt_template(os.environ.get("CHUNKQ_PROMPT_FILE")),
+        }
     return make_provider(settings.provider, **options)
+
+
+def _prompt_template(path: str | None) -> str | None:
+    from workerd.providers.openai import load_prompt_template
+
+    return load_prompt_template(path)
