@@ -11,11 +11,12 @@ from schema import queue
 from web.chunking import split_text
 
 
-def submit(db: psycopg.Connection[Any], text: str, max_chars: int) -> uuid.UUID:
+def submit(db: psycopg.Connection[Any], text: str, max_chars: int, **options: Any) -> uuid.UUID:
     """Enqueue a job the way the API does, in one transaction; returns its id."""
     job_id = uuid.uuid4()
+    spans = split_text(text, max_chars)
     with db.transaction():
-        queue.enqueue(db, job_id, text, split_text(text, max_chars), max_chunk_chars=max_chars)
+        queue.enqueue(db, job_id, text, spans, max_chunk_chars=max_chars, options=options)
     return job_id
 
 

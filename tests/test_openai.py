@@ -644,3 +644,94 @@ def test_worker__permanent_401_fails_the_chunk_after_one_attempt(
     clock.advance(3600)
     assert worker.run_once().claimed == 0
     assert mock_openai.total_requests == 1
+
+
+def test_reduce__one_more_call_summarises_the_ordered_chunk_analyses(
+    mock_openai: MockOpenAI, db: psycopg.Connection[Any], worker_for: Any
+) -> None:
+    text = "First part of the story. " * 8 + "\n\n" + "Second part, the ending. " * 8
+    job_id = submit(db, text, 220, reduce=True)
+    worker = worker_for(Settings(backoff_base_s=0.01, backoff_max_s=0.05))
+    for _ in range(10):
+        if not worker.run_once().busy:
+            break
+    result = job_row(db, job_id)["analysis_result"]
+    reduce = result["reduce"]
+    assert reduce["status"] == "succeeded" and reduce["attempts"] == 1
+    assert reduce["result"]["chunks"] == len(result["chunks"]) == 2
+    assert reduce["result"]["truncated"] is False
+    assert reduce["result"]["summary"] and reduce["result"]["usage"]["total_tokens"] > 0
+    last = mock_openai.requests[-1]
+    prompt = last.user_text
+    first, second = (c["result"]["summary"] for c in result["chunks"])
+    assert prompt.index(first) < prompt.index(second)
+    assert mock_openai.total_requests == 3
+
+
+def test_reduce__failure_is_reported_and_keeps_every_chunk_result(
+    mock_openai: MockOpenAI, db: psycopg.Connection[Any], worker_for: Any
+) -> None:
+    job_id = submit(db, TEXT, 1000, reduce=True)
+    mock_openai.serve(completion(analysis(TEXT)), error_reply(401, "Incorrect API key"))
+    worker = worker_for(Settings(backoff_base_s=0.01, backoff_max_s=0.05))
+    for _ in range(10):
+        if not worker.run_once().busy:
+            break
+    row = job_row(db, job_id)
+    assert row["status"] == "COMPLETED"
+    reduce = row["analysis_result"]["reduce"]
+    assert reduce["status"] == "failed" and "Incorrect API key" in reduce["error"]
+    [entry] = row["analysis_result"]["chunks"]
+    assert entry["status"] == "succeeded" and entry["result"]["summary"]
+    assert row["chunks_completed"] == 1
+
+
+def test_reduce__input_is_cut_to_the_budget_keeping_every_part_in_order() -> None:
+    from workerd.providers.openai import _reduce_input
+
+    analyses = [
+        {"index": i, "result": {"summary": f"summary {i} " + "x" * 500, "key_points": ["p"]}}
+        for i in range(20)
+    ]
+    sections, truncated = _reduce_input(analyses, 4000)
+    assert truncated and len(sections) <= 4000 + 20 * 40
+    positions = [sections.index(f"summary {i} ") for i in range(20)]
+    assert positions == sorted(positions)
+    small, cut = _reduce_input(analyses[:2], 100_000)
+    assert not cut and "Key points: p" in small
+
+
+@pytest.mark.slow
+def test_shared_cap__three_worker_processes_never_exceed_three_requests_at_once(
+    mock_openai: MockOpenAI, database_url: str, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    from tests.processes import start_worker, stop, wait_for
+
+    mock_openai.latency_s = 0.1
+    text = "\n\n".join(f"Paragraph {i} of a document that needs analysing." for i in range(40))
+    env = {
+        "CHUNKQ_PROVIDER": "openai",
+        "OPENAI_BASE_URL": mock_openai.base_url,
+        "CHUNKQ_PROVIDER_CONCURRENCY": "3",
+    }
+    workers = [
+        start_worker(database_url, "--concurrency", "16", log=tmp_path / f"w{i}.log", **env)
+        for i in range(3)
+    ]
+    try:
+        job_id = submit(db, text, 60)
+        total = job_row(db, job_id)["chunks_total"]
+        assert total >= 30
+        wait_for(
+            lambda: job_row(db, job_id)["status"] == "COMPLETED",
+            60,
+            "the job to finish",
+            interval=0.1,
+        )
+    finally:
+        codes = [stop(w) for w in workers]
+    assert codes == [0, 0, 0]
+    assert mock_openai.total_requests == total
+    assert mock_openai.max_in_flight == 3
+    owners = db.execute("SELECT count(DISTINCT worker_id) FROM chunks").fetchone()[0]  # type: ignore[index]
+    assert owners >= 2

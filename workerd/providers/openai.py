@@ -50,6 +50,18 @@ Analyse the text between <chunk> and </chunk>. Reply with a JSON object with the
 {text}
 </chunk>"""
 
+# The reduce step's user message; ``{sections}`` is replaced by the ordered chunk analyses.
+REDUCE_PROMPT = """\
+Below are analyses of consecutive parts of one document, in order. Combine them into an
+analysis of the whole document. Reply with a JSON object with these keys:
+- "summary": three to six sentences summarising the whole document, in its language
+- "sentiment": the overall sentiment, one of "positive", "negative", "neutral", "mixed"
+- "sentiment_score": a number from -1 (most negative) to 1 (most positive)
+- "key_points": a list of short strings, the document's main points in order
+
+{sections}"""
+REDUCE_BUDGET_CHARS = 24_000  # about 6,000 tokens of input
+
 # What servers say when the input does not fit the model's context (OpenAI, vLLM, llama.cpp,
 # Ollama, TGI, Anthropic-style proxies); matched against the message, type and code.
 _OVERFLOW = re.compile(
@@ -105,6 +117,7 @@ class OpenAIProvider:
         max_tokens: int = 1024,
         retry_after_cap_s: float = 300.0,
         max_split_depth: int = MAX_SPLIT_DEPTH,
+        reduce_budget_chars: int = REDUCE_BUDGET_CHARS,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         url = httpx.URL(base_url.rstrip("/"))
@@ -121,6 +134,7 @@ class OpenAIProvider:
         self.max_tokens = max_tokens
         self.retry_after_cap_s = retry_after_cap_s
         self.max_split_depth = max_split_depth
+        self.reduce_budget_chars = reduce_budget_chars
         self.prompt_template = prompt_template or DEFAULT_PROMPT
         headers = {"User-Agent": "chunkq"}
         if api_key and api_key.strip():  # Ollama and vLLM run without one
@@ -185,11 +199,15 @@ class OpenAIProvider:
 
     def _complete(self, text: str) -> dict[str, Any]:
         """One chat-completions call for ``text``, parsed and validated."""
+        return self._chat(self.prompt_template.replace("{text}", text))
+
+    def _chat(self, user_content: str) -> dict[str, Any]:
+        """One chat-completions call with this user message, parsed and validated."""
         payload = {
             "model": self.model,
             "messages": [
                 {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": self.prompt_template.replace("{text}", text)},
+                {"role": "user", "content": user_content},
             ],
             "response_format": {"type": "json_object"},
             "temperature": 0,
@@ -225,6 +243,17 @@ class OpenAIProvider:
         }
 
     # -- the document --------------------------------------------------------------------
+
+    def reduce(self, analyses: list[dict[str, Any]]) -> dict[str, Any]:
+        """One more call that turns the ordered chunk analyses into a document-level analysis.
+
+        The input is each chunk's summary and key points, in order, within
+        ``reduce_budget_chars`` (about four characters a token): when they do not fit, each
+        chunk keeps an equal share, key points dropped first, and ``truncated`` says so.
+        """
+        sections, truncated = _reduce_input(analyses, self.reduce_budget_chars)
+        result = self._chat(REDUCE_PROMPT.replace("{sections}", sections))
+        return {**result, "chunks": len(analyses), "truncated": truncated}
 
     def summarize(self, results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
         """Chunk count, length-weighted sentiment, first key points, token totals, summaries."""
@@ -496,3 +525,22 @@ def _squash(text: str) -> str:
 def _quote(text: str) -> str:
     text = _squash(text)
     return repr(text[:_QUOTE_CHARS] + ("…" if len(text) > _QUOTE_CHARS else ""))
+
+
+def _reduce_input(analyses: list[dict[str, Any]], budget: int) -> tuple[str, bool]:
+    """The reduce prompt's sections, in order, cut to ``budget`` characters in all."""
+
+    def section(entry: dict[str, Any], points: bool, limit: int | None) -> str:
+        result = entry.get("result") or {}
+        body = str(result.get("summary", ""))
+        if points and result.get("key_points"):
+            body += "\nKey points: " + "; ".join(str(p) for p in result["key_points"])
+        if limit is not None and len(body) > limit:
+            body = body[: max(0, limit - 1)] + "…"
+        return f"<part index={entry.get('index')}>\n{body}\n</part>"
+
+    full = "\n".join(section(a, True, None) for a in analyses)
+    if len(full) <= budget:
+        return full, False
+    share = max(40, budget // max(1, len(analyses)) - 30)
+    return "\n".join(section(a, False, share) for a in analyses), True
