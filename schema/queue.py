@@ -311,6 +311,7 @@ def record(
     *,
     now: datetime | None = None,
     notify: bool = False,
+    reduces: bool = True,
 ) -> Recorded:
     """Record a batch of attempt outcomes and finalize every job whose last chunk this was.
 
@@ -361,7 +362,7 @@ def record(
     dropped = [o.chunk.key for o in outcomes if o.chunk.key not in applied]
     finalized: dict[uuid.UUID, JobStatus] = {}
     for job_id in sorted({job_id for job_id, _, all_final in rows if all_final}):
-        status = finalize(conn, job_id, summarize, now=now)
+        status = finalize(conn, job_id, summarize, now=now, reduces=reduces)
         if status is not None:
             finalized[job_id] = status
     return Recorded(len(applied), dropped, finalized)
@@ -405,6 +406,7 @@ def rescue(
     max_attempts: int,
     now: datetime | None = None,
     limit: int = 100,
+    reduces: bool = True,
 ) -> tuple[int, int, dict[uuid.UUID, JobStatus]]:
     """Take back chunks whose owner stopped heartbeating: pending again, or failed when the
     lost attempt was the last (a chunk that keeps killing its workers is not retried forever).
@@ -434,7 +436,7 @@ def rescue(
     requeued = sum(1 for _, status, _ in rows if status == ChunkStatus.PENDING)
     finalized: dict[uuid.UUID, JobStatus] = {}
     for job_id in sorted({job_id for job_id, _, all_final in rows if all_final}):
-        status = finalize(conn, job_id, summarize, now=now)
+        status = finalize(conn, job_id, summarize, now=now, reduces=reduces)
         if status is not None:
             finalized[job_id] = status
     if requeued:
@@ -448,12 +450,14 @@ def finalize(
     summarize: Summarize,
     *,
     now: datetime | None = None,
+    reduces: bool = True,
 ) -> JobStatus | None:
     """Merge a job's chunk results in order and move it to its terminal status.
 
     Locks the job row (FOR UPDATE) and acts only if every chunk is final and the job is not
     terminal yet, so however many transactions race here, exactly one finalizes. Returns
-    the new status, or None when there was nothing to do.
+    the new status, or None when there was nothing to do. A job that asked for the reduce
+    step gets it queued here, unless the provider has none (``reduces``).
     """
     row = conn.execute(
         "SELECT status, chunks_total, chunks_completed, chunks_failed, options FROM jobs"
@@ -473,7 +477,9 @@ def finalize(
         new_status = JobStatus.PARTIAL_SUCCESS
     result = merged_result(conn, job_id, summarize)
     if options.get("reduce"):
-        if completed:
+        if not reduces:
+            result["reduce"] = {"status": "skipped", "reason": "the provider has no reduce step"}
+        elif completed:
             from schema import reductions
 
             result["reduce"] = reductions.schedule(conn, job_id, now=now)

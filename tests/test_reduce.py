@@ -136,3 +136,29 @@ def test_reduce__not_requested_means_no_reduce(client: FlaskClient, database_url
     finally:
         worker.close()
     assert "reduce" not in client.get(f"/v1/analyze/{job_id}").get_json()["analysis_result"]
+
+
+def test_reduce__provider_without_reduce_step_marks_it_skipped(
+    client: FlaskClient, database_url: str
+) -> None:
+    job_id = submit(client, reduce=True)
+
+    class NoReduce:
+        name = "no-reduce"
+
+        def analyze(self, text: str) -> dict[str, Any]:
+            return {"chars": len(text)}
+
+        def summarize(self, results: list[Any]) -> dict[str, Any]:
+            return {"chunks": len(results)}
+
+    worker = Worker(
+        FAST, NoReduce(), functools.partial(connect, database_url, autocommit=True), concurrency=4
+    )
+    try:
+        steps(worker)
+    finally:
+        worker.close()
+    body = client.get(f"/v1/analyze/{job_id}").get_json()
+    assert body["status"] == "COMPLETED"
+    assert body["analysis_result"]["reduce"]["status"] == "skipped"

@@ -255,6 +255,7 @@ class Worker:
                 self.provider.summarize,
                 now=self._clock(),
                 notify=self.settings.provider_concurrency is not None,
+                reduces=self._reduces,
             )
 
         recorded = self._transaction(write)
@@ -291,6 +292,7 @@ class Worker:
                 self.provider.summarize,
                 max_attempts=self.settings.max_attempts,
                 now=self._clock(),
+                reduces=self._reduces,
             )
         )
         if requeued or failed:
