@@ -45,6 +45,8 @@ def make_engine(url: str, **options: Any) -> Engine:
     from sqlalchemy import create_engine  # workerd never needs SQLAlchemy: import it here
 
     options.setdefault("pool_pre_ping", True)
+    # Fail fast when the server is unreachable, so a request can answer 503 instead of hanging.
+    options.setdefault("connect_args", {"connect_timeout": 5})
     if "poolclass" not in options:
         options.setdefault("pool_size", 5)
         options.setdefault("max_overflow", 10)

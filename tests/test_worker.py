@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any
 
 import psycopg
+import pytest
 
 from schema.db import connect
 from tests.support import assert_invariants, chunk_rows, job_row, submit
@@ -246,3 +247,32 @@ def test_submit__answers_within_100ms_while_workers_run_slow_chunks(
         slow.stop()
         thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"text": "nul \x00 inside"},
+        {"score": float("nan")},
+        ["not", "an", "object"],
+        {"k": object()},
+    ],
+)
+def test_unstorable_result__fails_the_chunk_not_the_worker(
+    database_url: str, db: psycopg.Connection[Any], result: Any
+) -> None:
+    job_id = submit(db, "one. two. three.", 6)
+
+    class Bad(SimulatedProvider):
+        def analyze(self, text: str) -> Any:
+            return result if text.startswith("two") else super().analyze(text)
+
+    worker = make_worker(database_url, Bad(), concurrency=4)
+    try:
+        row = drain(worker, db, job_id)
+    finally:
+        worker.close()
+    assert row["status"] == "PARTIAL_SUCCESS"
+    logged = db.execute("SELECT error_class, error FROM chunk_attempts").fetchall()
+    assert len(logged) == 1 and logged[0][0] == "PermanentError"
+    assert_invariants(db)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import queue as queue_mod
@@ -25,7 +26,7 @@ import psycopg
 from schema import queue, reductions
 from schema.queue import ClaimedChunk, Failure, Success
 from schema.reductions import ClaimedReduction
-from workerd.providers import Provider, ProviderError, can_reduce
+from workerd.providers import PermanentError, Provider, ProviderError, can_reduce
 from workerd.retry import retry_delay
 from workerd.settings import Settings
 
@@ -180,7 +181,7 @@ class Worker:
     def attempt_reduce(self, reduction: ClaimedReduction) -> ReduceOutcome:
         """Run the provider's reduce step on a job's ordered analyses; never raises."""
         try:
-            result = self.provider.reduce(reduction.analyses)  # type: ignore[attr-defined]
+            result = storable(self.provider.reduce(reduction.analyses))  # type: ignore[attr-defined]
         except Exception as exc:
             retryable = exc.retryable if isinstance(exc, ProviderError) else True
             hint = exc.retry_after if isinstance(exc, ProviderError) else None
@@ -200,7 +201,7 @@ class Worker:
     def attempt(self, chunk: ClaimedChunk) -> Success | Failure:
         """Run the provider on one chunk; never raises: every error becomes a Failure."""
         try:
-            result = self.provider.analyze(chunk.text)
+            result = storable(self.provider.analyze(chunk.text))
         except ProviderError as exc:
             return self._failure(chunk, exc, retryable=exc.retryable, hint=exc.retry_after)
         except Exception as exc:  # an unknown error may be transient: retry it, within limits
@@ -412,6 +413,21 @@ class Worker:
                     log.warning("database unavailable (%s); retrying in %.1fs", exc, wait)
                     if grace_deadline is not None:
                         wait = min(wait, max(0.0, grace_deadline - self._monotonic()))
+                except Exception:
+                    # A bug must not kill the worker, nor make it retry the same write forever:
+                    # forget the unwritten outcomes (their leases expire and the rescuer
+                    # re-queues them, attempt counted) and go on after a pause.
+                    log.exception(
+                        "unexpected error in the worker loop; dropping %d outcomes",
+                        len(self._unrecorded),
+                    )
+                    for outcome in self._unrecorded:
+                        if isinstance(outcome, ReduceOutcome):
+                            self._reducing.pop(outcome.reduction.job_id, None)
+                        else:
+                            self._inflight.pop(outcome.chunk.key, None)
+                    self._unrecorded.clear()
+                    wait = 1.0
                 if wait > 0:
                     self.wake.wait(wait)
         finally:
@@ -449,6 +465,31 @@ class Worker:
         """Stop claiming; ``run`` finishes in-flight chunks within the grace period."""
         self.stopping.set()
         self.wake.set()
+
+
+def storable(result: Any) -> dict[str, Any]:
+    """Check a provider's result before it reaches the database: a JSON object with no NUL
+    character (jsonb cannot hold one) and no NaN. A bad one is the provider's failure, not a
+    reason for the worker to fail writing a whole batch."""
+    if not isinstance(result, dict):
+        raise PermanentError(f"provider returned {type(result).__name__}, not a JSON object")
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise PermanentError(f"provider returned a result that is not JSON: {exc}") from exc
+    if _has_nul(result):
+        raise PermanentError("provider returned a result with a NUL character (U+0000)")
+    return result
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in k or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 class _AttemptPool:
