@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 PG_MAJOR = 18
 SYSTEM_USER = "pgserver"  # the wheel's choice, so a cluster made by either one is usable by both
 SUPERUSER = "postgres"
+DATABASE = "chunkq"  # the database ensure_embedded hands out
 DEFAULT_SETTINGS: Mapping[str, str] = {"max_connections": "300"}  # tests run many workers
 HOST = "127.0.0.1"
 CONF_NAME = "chunkq.conf"  # our settings, included from postgresql.conf
@@ -337,8 +338,19 @@ def ensure_embedded(home: str | os.PathLike[str]) -> str:
     """Start (or reuse, if already running) the cluster under home/'pgdata' and return its URL.
 
     Safe when several processes call it at once: start() holds an fcntl lock under home.
+    The URL names a ``chunkq`` database (created on first use), not the maintenance one.
     """
-    return EmbeddedPostgres(Path(home) / "pgdata").start()
+    server = EmbeddedPostgres(Path(home) / "pgdata")
+    server.start()
+    import psycopg
+
+    with server._locked(), psycopg.connect(server.url, autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
+        ).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{DATABASE}"')
+    return server.url_for(DATABASE)
 
 
 def _bin_dir() -> Path:

@@ -1,0 +1,435 @@
+"""The ``chunkq`` command line for real: subprocesses, HTTP on loopback, a real PostgreSQL."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from web.up import _gunicorn_argv
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = "\n\n".join(
+    # Non-ASCII on purpose: offsets are in characters, not bytes.
+    f"Paragraph {i}: the caf\u00e9\u2019s queue grew \u2014 slowly, then all at once. Was it? "
+    "Yes! Every chunk must keep its place, even the last one." * 3
+    for i in range(12)
+)
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The test's environment without any chunkq setting that could leak in from outside."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CHUNKQ_") and k not in ("DATABASE_URL", "PORT")
+    }
+    env.update({"PYTHONUNBUFFERED": "1", "CHUNKQ_SHUTDOWN_GRACE_S": "5"}, **extra)
+    return env
+
+
+def chunkq(*args: str, env: dict[str, str] | None = None, **kwargs: Any) -> Any:
+    """Run the CLI as a subprocess and return the completed process (text mode)."""
+    return subprocess.run(
+        [sys.executable, "-m", "web.cli", *args],
+        cwd=ROOT,
+        env=env or cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        **kwargs,
+    )
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll until ``predicate`` returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+    return value
+
+
+def healthy(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def finished_job(base: str, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    """Poll the API until the job is terminal; returns its report."""
+
+    def terminal() -> dict[str, Any] | None:
+        report = httpx.get(f"{base}/v1/analyze/{job_id}", timeout=5).json()
+        return report if report["status"] not in ("PENDING", "PROCESSING") else None
+
+    return dict(wait_for(terminal, timeout, f"job {job_id} to finish"))
+
+
+def stop_tree(proc: subprocess.Popen[Any], also: list[psutil.Process] | None = None) -> None:
+    """Teardown for anything a test started: SIGTERM it, then SIGKILL it and every descendant
+    (``also``: ones it had earlier, which may have been orphaned since)."""
+    descendants = list(also or [])
+    with suppress(psutil.NoSuchProcess):
+        descendants += psutil.Process(proc.pid).children(recursive=True)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for child in descendants:
+        with suppress(psutil.NoSuchProcess):
+            child.kill()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """The ones still running (is_running() compares start times too: a reused pid is not)."""
+    result = []
+    for proc in processes:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                result.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return result
+
+
+@pytest.fixture
+def api(database_url: str) -> Iterator[str]:
+    """gunicorn serving the API on a free loopback port (the socket is bound here, no race)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    proc = subprocess.Popen(
+        _gunicorn_argv(listener.fileno(), 1),
+        cwd=ROOT,
+        env=cli_env(DATABASE_URL=database_url, CHUNKQ_PROVIDER="simulated"),
+        pass_fds=(listener.fileno(),),
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        wait_for(lambda: proc.poll() is not None or healthy(base), 60, "gunicorn")
+        assert proc.poll() is None, "gunicorn exited"
+        yield base
+    finally:
+        stop_tree(proc)
+        listener.close()
+
+
+@pytest.fixture
+def start_worker(database_url: str) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start ``python -m workerd`` (simulated provider) with extra environment; stopped after."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(**extra: str) -> subprocess.Popen[bytes]:
+        env = cli_env(DATABASE_URL=database_url, CHUNKQ_PROVIDER="simulated", **extra)
+        command = [sys.executable, "-m", "workerd", "--concurrency", "4"]
+        started.append(subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            stop_tree(proc)
+
+
+# -- submit -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_submit_wait__completes_and_chunks_tile_the_text(
+    api: str, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    start_worker()
+    path = tmp_path / "text.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    args = ("--url", api, "--max-chunk-chars", "300", "--interval", "0.1")
+    done = chunkq("submit", str(path), "--wait", *args)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["status"] == "COMPLETED"
+    chunks = report["analysis_result"]["chunks"]
+    assert len(chunks) == report["chunks_total"] > 5
+    assert [c["index"] for c in chunks] == list(range(len(chunks)))
+    assert chunks[0]["start"] == 0 and chunks[-1]["end"] == len(TEXT)
+    assert all(a["end"] == b["start"] for a, b in itertools.pairwise(chunks))
+    assert "".join(TEXT[c["start"] : c["end"]] for c in chunks) == TEXT
+    # Not a terminal, so progress comes as plain lines, the last one terminal.
+    assert re.search(r"COMPLETED 100\.0% \(\d+ done, 0 failed", done.stderr), done.stderr
+
+    queued = chunkq("submit", "-", "--url", api, input="from stdin")
+    assert queued.returncode == 0, queued.stderr
+    accepted = json.loads(queued.stdout)
+    assert accepted["status"] == "PENDING" and accepted["chunks_total"] == 1
+    assert finished_job(api, accepted["job_id"])["status"] == "COMPLETED"
+
+
+@pytest.mark.slow
+def test_submit__rejected_request_prints_the_problem_and_exits_2(api: str, tmp_path: Path) -> None:
+    path = tmp_path / "text.txt"
+    path.write_text("some text", encoding="utf-8")
+    done = chunkq("submit", str(path), "--max-chunk-chars", "0", "--url", api)
+    assert done.returncode == 2
+    assert "Invalid request (422)" in done.stderr
+    assert "max_chunk_chars:" in done.stderr
+    assert done.stdout == ""
+
+
+@pytest.mark.slow
+def test_submit_wait__a_failed_chunk_keeps_its_place_and_exits_3(
+    api: str, start_worker: Callable[..., Any]
+) -> None:
+    start_worker(
+        CHUNKQ_SIM_FAIL_PATTERN="POISON", CHUNKQ_MAX_ATTEMPTS="1", CHUNKQ_BACKOFF_BASE_S="0"
+    )
+    text = "good text. " * 30 + "POISON here. " + "more good text. " * 30
+    args = ("--url", api, "--max-chunk-chars", "100", "--interval", "0.1")
+    done = chunkq("submit", "-", "--wait", *args, input=text)
+    assert done.returncode == 3, done.stderr
+    report = json.loads(done.stdout)
+    assert report["status"] == "PARTIAL_SUCCESS"
+    chunks = report["analysis_result"]["chunks"]
+    failed = [c for c in chunks if c["status"] == "failed"]
+    assert len(failed) == 1 and "POISON" in text[failed[0]["start"] : failed[0]["end"]]
+    assert "".join(text[c["start"] : c["end"]] for c in chunks) == text
+
+
+@pytest.mark.slow
+def test_submit_wait__ctrl_c_exits_130_and_names_the_job(api: str) -> None:
+    # No worker: the job stays PENDING, so the client is certainly still waiting.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "web.cli", "submit", "-", "--wait", "--url", api],
+        cwd=ROOT,
+        env=cli_env(),
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdin is not None and proc.stderr is not None
+        proc.stdin.write("waiting for nobody")
+        proc.stdin.close()
+        first = proc.stderr.readline()  # blocks until the submit went through
+        job_id = re.search(r"submitted job (\S+)", first)
+        assert job_id, first
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+        rest = proc.stderr.read()
+        assert f"chunkq status {job_id.group(1)} --wait" in rest
+    finally:
+        stop_tree(proc)
+
+
+def test_submit__missing_file_is_a_clear_error() -> None:
+    done = chunkq("submit", "/nonexistent/text.txt")
+    assert done.returncode == 2
+    assert "no such file: /nonexistent/text.txt" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_submit__non_utf8_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf\xe9".encode("latin-1"))
+    done = chunkq("submit", str(path))
+    assert done.returncode == 2
+    assert "not UTF-8" in done.stderr and "offset 3" in done.stderr
+
+
+def test_submit__closed_port_says_not_reachable(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on: bound, never listening
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        path = tmp_path / "text.txt"
+        path.write_text("some text", encoding="utf-8")
+        done = chunkq("submit", str(path), "--wait", env=cli_env(CHUNKQ_URL=url))
+    assert done.returncode == 1
+    assert f"not reachable at {url}" in done.stderr
+    assert "chunkq up" in done.stderr
+
+
+# -- migrate ----------------------------------------------------------------------------
+
+
+def test_migrate__creates_the_schema(empty_database_url: str) -> None:
+    done = chunkq("migrate", env=cli_env(DATABASE_URL=empty_database_url))
+    assert done.returncode == 0, done.stderr
+    import psycopg
+
+    with psycopg.connect(empty_database_url) as conn:
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables").fetchall()}
+    assert {"jobs", "chunks"} <= tables
+
+
+# -- up ---------------------------------------------------------------------------------
+
+
+def drain(stream: Any, sink: Callable[[str], None]) -> None:
+    for line in stream:
+        sink(line)
+
+
+@contextmanager
+def chunkq_up(env: dict[str, str], *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Start ``chunkq up --port 0`` and yield it with its base URL once it says it is up."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "web.cli", "up", "--port", "0", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    log: list[str] = []
+    known: list[psutil.Process] = []
+    # Drain both pipes so a chatty child can never block on a full one.
+    out = threading.Thread(target=drain, args=(proc.stdout, lines.put), daemon=True)
+    err = threading.Thread(target=drain, args=(proc.stderr, log.append), daemon=True)
+    out.start()
+    err.start()
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert time.monotonic() < deadline, "chunkq up never said it was up:\n" + "".join(log)
+            try:
+                line = lines.get(timeout=0.2)
+            except queue.Empty:
+                assert proc.poll() is None, "chunkq up exited:\n" + "".join(log)
+                continue
+            if match := re.search(r"chunkq is up: (http://\S+)", line):
+                break
+        known = children(proc)
+        yield proc, match.group(1)
+    finally:
+        stop_tree(proc, also=known)
+        out.join(5)
+        err.join(5)
+
+
+def children(proc: subprocess.Popen[Any]) -> list[psutil.Process]:
+    return psutil.Process(proc.pid).children(recursive=True)
+
+
+def kinds(processes: list[psutil.Process]) -> set[str]:
+    found = set()
+    for proc in processes:
+        cmdline = " ".join(proc.cmdline())
+        found |= {kind for kind in ("gunicorn", "workerd") if f"-m {kind}" in cmdline}
+    return found
+
+
+def submit_and_finish(base: str, text: str) -> dict[str, Any]:
+    response = httpx.post(f"{base}/v1/analyze", json={"raw_text": text, "max_chunk_chars": 200})
+    assert response.status_code == 202, response.text
+    return finished_job(base, response.json()["job_id"])
+
+
+@pytest.mark.slow
+def test_up__serves_restarts_a_dead_child_and_stops_everything_on_sigterm(
+    database_url: str,
+) -> None:
+    env = cli_env(DATABASE_URL=database_url, CHUNKQ_PROVIDER="simulated")
+    with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, base):
+        seen = children(up)
+        assert kinds(seen) == {"gunicorn", "workerd"}
+        assert submit_and_finish(base, TEXT)["status"] == "COMPLETED"
+
+        # A dead gunicorn is replaced, and the API answers again, on the same port.
+        master = next(p for p in psutil.Process(up.pid).children() if "gunicorn" in p.cmdline())
+        master.kill()
+        wait_for(lambda: master not in psutil.Process(up.pid).children(), 30, "restart")
+        wait_for(lambda: healthy(base), 60, "the restarted API")
+        seen += children(up)
+
+        started = time.monotonic()
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+        assert time.monotonic() - started < 30
+        assert alive(seen) == []
+
+
+@pytest.mark.slow
+def test_up__children_exit_when_the_supervisor_is_killed(database_url: str) -> None:
+    env = cli_env(DATABASE_URL=database_url, CHUNKQ_PROVIDER="simulated")
+    with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, _base):
+        seen = children(up)
+        up.kill()  # no chance to clean up: the children must notice on their own
+        up.wait()
+        wait_for(lambda: alive(seen) == [], 40, "orphaned children to exit")
+
+
+def test_up__port_in_use_fails_fast_and_clearly() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = str(busy.getsockname()[1])
+        done = chunkq("up", "--port", port, env=cli_env(DATABASE_URL="postgresql://unused/x"))
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def postgres_serving(datadir: Path) -> list[psutil.Process]:
+    """postgres processes whose command line names this data directory."""
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        if proc.info["name"] == "postgres" and str(datadir) in " ".join(proc.info["cmdline"] or ()):
+            found.append(proc)
+    return found
+
+
+@pytest.mark.slow
+def test_up__embedded_database_stops_on_sigint_and_keeps_data_for_the_next_run() -> None:
+    # mkdtemp, not tmp_path: the server runs as another user when we are root, and pytest
+    # makes its own temp root 0700.
+    home = Path(tempfile.mkdtemp(prefix="chunkq-cli-home-"))
+    datadir = (home / "pgdata").resolve()
+    env = cli_env(CHUNKQ_HOME=str(home), CHUNKQ_PROVIDER="simulated")
+    try:
+        with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, base):
+            assert postgres_serving(datadir), "no embedded postgres serving the data dir"
+            report = submit_and_finish(base, TEXT)
+            assert report["status"] == "COMPLETED"
+            seen = children(up)
+            up.send_signal(signal.SIGINT)
+            assert up.wait(60) == 0
+        assert alive(seen) == []
+        assert postgres_serving(datadir) == []
+
+        with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, base):
+            again = httpx.get(f"{base}/v1/analyze/{report['job_id']}", timeout=5)
+            assert again.status_code == 200
+            assert again.json()["analysis_result"] == report["analysis_result"]
+            up.send_signal(signal.SIGINT)
+            assert up.wait(60) == 0
+        assert postgres_serving(datadir) == []
+    finally:
+        from schema.embedded import EmbeddedPostgres
+
+        EmbeddedPostgres(datadir).stop()  # a no-op unless a failed test left it running
+        shutil.rmtree(home, ignore_errors=True)

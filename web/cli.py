@@ -1,0 +1,120 @@
+"""``chunkq``: run everything locally (``up``, in web/up.py), migrate, and submit texts.
+
+``up`` supervises gunicorn and ``python -m workerd`` processes; the HTTP client lives in
+``web.client``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from web import client
+from web.up import close_database, cmd_up, migrate, open_database, say, startup_errors
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    """Apply migrations to DATABASE_URL, or to the embedded database."""
+    db = None
+    try:
+        db = open_database()
+        migrate(db.url)
+        print(f"chunkq: database ({db.label}) is at the latest migration")
+        return 0
+    except client.ClientError as exc:
+        say(str(exc))
+        return exc.code
+    except startup_errors() as exc:
+        say(f"migration failed: {exc}")
+        return 1
+    finally:
+        if db is not None:
+            close_database(db)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree; each subcommand's handler is stored as ``args.run``."""
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="chunkq",
+        description="Analyse long texts reliably: chunked, queued in PostgreSQL, merged in order.",
+        epilog=client.EXIT_HELP,
+        formatter_class=raw,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser(
+        "up",
+        help="run the API, workers and (without DATABASE_URL) an embedded PostgreSQL",
+        description="Serve the API on 127.0.0.1 and run workers until SIGINT/SIGTERM. Uses"
+        " DATABASE_URL if set, else an embedded PostgreSQL with data in $CHUNKQ_HOME"
+        " (default ./.chunkq). Exits 0 after a clean stop, 1 if startup fails, 2 for a bad"
+        " setting or when the embedded PostgreSQL is not installed.",
+    )
+    port = os.environ.get("PORT") or "8000"  # a string default goes through `type` too
+    for flag, least, default, what in (
+        ("--workers", 0, 2, "worker processes (default 2)"),
+        ("--concurrency", 1, 8, "chunks in flight per worker (default 8)"),
+        ("--port", 0, port, "API port on 127.0.0.1 (default $PORT or 8000; 0: any free one)"),
+        ("--web-workers", 1, 2, "gunicorn worker processes (default 2)"),
+    ):
+        up.add_argument(flag, type=_count(least), default=default, metavar="N", help=what)
+    up.set_defaults(run=cmd_up)
+
+    url = os.environ.get("CHUNKQ_URL") or "http://127.0.0.1:8000"
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--wait", action="store_true", help="follow the job, print its final JSON")
+    common.add_argument("--url", default=url, help=f"the server (default $CHUNKQ_URL or {url})")
+    common.add_argument(
+        "--interval", type=float, default=0.5, metavar="S", help="seconds between polls (0.5)"
+    )
+
+    about = "submit a text for analysis"
+    submit = sub.add_parser(
+        "submit", parents=[common], help=about, description=about, epilog=client.EXIT_HELP,
+        formatter_class=raw,
+    )  # fmt: skip
+    submit.add_argument("file", metavar="FILE", help="a UTF-8 text file, or - for stdin")
+    submit.add_argument(
+        "--max-chunk-chars", type=int, default=2000, metavar="N", help="longest chunk (2000)"
+    )
+    submit.set_defaults(run=client.cmd_submit)
+
+    about = "show a job (with --wait: follow it to the end)"
+    status = sub.add_parser(
+        "status", parents=[common], help=about, description=about, epilog=client.EXIT_HELP,
+        formatter_class=raw,
+    )  # fmt: skip
+    status.add_argument("job_id", metavar="JOB_ID")
+    status.set_defaults(run=client.cmd_status)
+
+    about = "apply database migrations to DATABASE_URL, or to the embedded PostgreSQL"
+    sub.add_parser("migrate", help=about, description=about).set_defaults(run=cmd_migrate)
+    return parser
+
+
+def _count(least: int) -> Any:
+    """An argparse type: an integer of at least ``least``."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+        if number < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}")
+        return number
+
+    return parse
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script: parse, run one subcommand, return its exit code."""
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""The HTTP client behind ``chunkq submit`` and ``chunkq status``: submit, poll, show progress.
+
+Exit codes are part of the CLI's interface (scripts branch on them), so they live here as
+constants and in ``EXIT_HELP``, which ``--help`` shows.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+EXIT_OK = 0  # submitted (no --wait), or the job COMPLETED
+EXIT_ERROR = 1  # server unreachable, or an answer that is not the API's
+EXIT_REJECTED = 2  # bad input: unreadable file, or the server refused the request (4xx)
+EXIT_BY_STATUS = {"COMPLETED": 0, "PARTIAL_SUCCESS": 3, "FAILED": 4, "CANCELLED": 5}
+EXIT_INTERRUPTED = 130  # the shell's convention for Ctrl-C
+# A server restart (chunkq up restarting gunicorn) must not end a long wait.
+OUTAGE_TOLERANCE_S = 60.0
+LOG_EVERY_S = 2.0  # without a TTY, at most one progress line per this many seconds
+EXIT_HELP = """exit codes of submit and status:
+  0  submitted (without --wait), or the job COMPLETED
+  1  the server is not reachable, or failed (5xx)
+  2  bad input: file missing or not UTF-8, or the request was rejected (4xx problem)
+  3  PARTIAL_SUCCESS    4  FAILED    5  CANCELLED
+  130  interrupted (Ctrl-C); the job keeps running on the server"""
+
+
+class ClientError(Exception):
+    """A failure to report to the user as one message, with the exit code to use."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def read_text(path: str) -> str:
+    """The text of ``path`` (``-`` is stdin), which must be UTF-8."""
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise ClientError(f"no such file: {path}", EXIT_REJECTED) from exc
+    except OSError as exc:
+        raise ClientError(f"cannot read {path}: {exc.strerror or exc}", EXIT_REJECTED) from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        name = "stdin" if path == "-" else path
+        raise ClientError(
+            f"{name} is not UTF-8 text (invalid byte at offset {exc.start}); convert it first,"
+            " e.g. with iconv -t UTF-8",
+            EXIT_REJECTED,
+        ) from exc
+
+
+def request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    """One API call; any answer but 2xx JSON becomes a ClientError saying what went wrong."""
+    base = str(client.base_url).rstrip("/")
+    try:
+        response = client.request(method, path, **kwargs)
+    except httpx.ConnectError as exc:
+        raise ClientError(
+            f"the chunkq server is not reachable at {base} ({exc});"
+            " start one with `chunkq up`, or pass --url / set CHUNKQ_URL"
+        ) from exc
+    except httpx.TimeoutException as exc:
+        raise ClientError(f"{base} did not answer in time ({type(exc).__name__})") from exc
+    except httpx.TransportError as exc:
+        raise ClientError(f"talking to {base} failed: {exc}") from exc
+    if response.is_success:
+        try:
+            return dict(response.json())
+        except ValueError as exc:
+            raise ClientError(f"{base} answered with something that is not JSON") from exc
+    raise ClientError(_describe_error(response), EXIT_REJECTED if response.is_client_error else 1)
+
+
+def _describe_error(response: httpx.Response) -> str:
+    """A problem+json body as title, detail and field errors; anything else as status + text."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or "title" not in body:
+        snippet = response.text.strip()[:200]
+        return f"the server answered {response.status_code}: {snippet or response.reason_phrase}"
+    lines = [f"{body.get('title')} ({response.status_code}): {body.get('detail', '')}"]
+    for error in body.get("errors") or []:
+        if isinstance(error, dict):
+            lines.append(f"  {error.get('field')}: {error.get('detail')}")
+    return "\n".join(lines)
+
+
+def make_client(url: str) -> httpx.Client:
+    """An httpx client for the server at ``url``; a malformed URL is the user's error."""
+    if not url.startswith(("http://", "https://")):
+        raise ClientError(f"--url must start with http:// or https://, got {url!r}", EXIT_REJECTED)
+    # Writes may carry tens of MB; reads are small and should be quick.
+    return httpx.Client(base_url=url, timeout=httpx.Timeout(30.0, write=120.0, read=120.0))
+
+
+def submit(url: str, text: str, max_chunk_chars: int) -> dict[str, Any]:
+    """POST the text; returns the 202 body (job_id, status, chunks_total, …)."""
+    with make_client(url) as client:
+        body = {"raw_text": text, "max_chunk_chars": max_chunk_chars}
+        return request(client, "POST", "/v1/analyze", json=body)
+
+
+def wait(url: str, job_id: str, interval: float, stream: TextIO | None = None) -> dict[str, Any]:
+    """Poll the job until it is terminal, showing progress on stderr; returns the last report."""
+    progress = Progress(stream or sys.stderr)
+    interval = max(interval, 0.05)  # --interval 0 must not hammer the server
+    outage_since: float | None = None
+    with make_client(url) as client:
+        while True:
+            try:
+                report = request(client, "GET", f"/v1/analyze/{job_id}")
+                outage_since = None
+            except ClientError as exc:
+                # 4xx (unknown job) is final; an unreachable or failing server may come back.
+                now = time.monotonic()
+                outage_since = outage_since or now
+                if exc.code == EXIT_REJECTED or now - outage_since > OUTAGE_TOLERANCE_S:
+                    progress.close()
+                    raise
+                progress.note(f"waiting for the server: {exc}")
+                time.sleep(min(5.0, max(interval, 1.0)))
+                continue
+            progress.update(report)
+            if report.get("status") in EXIT_BY_STATUS:
+                progress.close()
+                return report
+            time.sleep(interval)
+
+
+def cmd_submit(args: Any) -> int:
+    """``chunkq submit``: submit a file; with --wait, follow it and exit by its final status."""
+    job_id = None
+    try:
+        text = read_text(args.file)
+        accepted = submit(args.url, text, args.max_chunk_chars)
+        if not args.wait:
+            print_report(accepted)
+            return EXIT_OK
+        job_id = accepted["job_id"]
+        print(f"submitted job {job_id} ({accepted.get('chunks_total')} chunks)", file=sys.stderr)
+        report = wait(args.url, job_id, args.interval)
+    except ClientError as exc:
+        print(f"chunkq: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return _interrupted(args.url, job_id)
+    print_report(report)
+    return EXIT_BY_STATUS[report["status"]]
+
+
+def cmd_status(args: Any) -> int:
+    """``chunkq status``: show a job's report; with --wait, follow it like ``submit --wait``."""
+    try:
+        if args.wait:
+            report = wait(args.url, args.job_id, args.interval)
+        else:
+            with make_client(args.url) as http:
+                report = request(http, "GET", f"/v1/analyze/{args.job_id}")
+    except ClientError as exc:
+        print(f"chunkq: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return _interrupted(args.url, args.job_id)
+    print_report(report)
+    return EXIT_BY_STATUS.get(report.get("status", ""), EXIT_OK)
+
+
+def _interrupted(url: str, job_id: str | None) -> int:
+    print("\nchunkq: interrupted", file=sys.stderr)
+    if job_id:
+        hint = f"chunkq status {job_id} --wait --url {url}"
+        print(f"job {job_id} keeps running on the server; follow it with: {hint}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The final JSON on stdout, pretty, for humans and for ``jq`` alike."""
+    print(json.dumps(report, indent=2, ensure_ascii=False), flush=True)
+
+
+class Progress:
+    """A single redrawn bar on a terminal; otherwise a log line per change, rate-limited."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._drawn = False
+        self._last: tuple[Any, ...] | None = None
+        self._last_line_at = 0.0
+
+    def update(self, report: dict[str, Any]) -> None:
+        status = report.get("status", "?")
+        total = int(report.get("chunks_total") or 0)
+        done = int(report.get("chunks_completed") or 0)
+        failed = int(report.get("chunks_failed") or 0)
+        percent = float(report.get("percent") or 0.0)
+        counts = f"{done} done, {failed} failed of {total} chunks"
+        if self.tty:
+            width = max(10, min(40, shutil.get_terminal_size().columns - 60))
+            filled = round(width * percent / 100)
+            bar = "#" * filled + "." * (width - filled)
+            # \r redraws in place; \x1b[K clears what a longer previous line left behind.
+            self.stream.write(f"\r[{bar}] {percent:5.1f}%  {counts}  {status}\x1b[K")
+            self._drawn = True
+        else:
+            key = (status, percent)
+            now = time.monotonic()
+            changed_status = self._last is None or self._last[0] != status
+            if key == self._last or not (changed_status or now - self._last_line_at >= LOG_EVERY_S):
+                return
+            self._last, self._last_line_at = key, now
+            job = report.get("job_id", "")
+            self.stream.write(f"job {job}: {status} {percent:.1f}% ({counts})\n")
+        self.stream.flush()
+
+    def note(self, message: str) -> None:
+        """A message that must not be overwritten by the next redraw."""
+        self.close()
+        self.stream.write(message + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the bar's line so whatever is printed next starts on a fresh one."""
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
