@@ -29,7 +29,14 @@ def _connection(*, write: bool) -> Iterator[psycopg.Connection[Any]]:
     """
     engine: Engine = current_app.extensions["chunkq.engine"]
     with engine.begin() if write else engine.connect() as conn:
-        yield conn.connection.driver_connection  # type: ignore[misc]
+        try:
+            yield conn.connection.driver_connection  # type: ignore[misc]
+        except psycopg.OperationalError:
+            # SQLAlchemy did not see this error (it came through the raw connection), so
+            # tell it the connection is gone rather than let the pool try to reset it.
+            if conn.connection.driver_connection.broken:  # type: ignore[union-attr]
+                conn.invalidate()
+            raise
 
 
 @bp.post("")

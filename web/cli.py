@@ -92,7 +92,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     about = "apply database migrations to DATABASE_URL, or to the embedded PostgreSQL"
     sub.add_parser("migrate", help=about, description=about).set_defaults(run=cmd_migrate)
+
+    about = "delete jobs that finished long ago, with their chunks and attempt log"
+    prune = sub.add_parser("prune", help=about, description=about)
+    prune.add_argument(
+        "--older-than", type=_age, default="7d", metavar="AGE",
+        help="how long ago they finished: seconds, or a number with s, m, h or d (default 7d)",
+    )  # fmt: skip
+    prune.set_defaults(run=cmd_prune)
     return parser
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Delete finished jobs older than --older-than from DATABASE_URL (or the embedded one)."""
+    import psycopg
+
+    from schema.db import libpq_url
+    from schema.prune import prune
+
+    db = None
+    try:
+        db = open_database()
+        with psycopg.connect(libpq_url(db.url), autocommit=True) as conn:
+            deleted = prune(conn, args.older_than)
+        print(f"chunkq: deleted {deleted} finished jobs older than {args.older_than:g} s")
+        return 0
+    except client.ClientError as exc:
+        say(str(exc))
+        return exc.code
+    except startup_errors() as exc:
+        say(f"prune failed: {exc}")
+        return 1
+    finally:
+        if db is not None:
+            close_database(db)
+
+
+def _age(value: str) -> float:
+    """An argparse type: seconds, or a number followed by s, m, h or d."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (value[:-1], value[-1]) if value[-1:] in units else (value, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an age: {value!r} (try 3600, 90m, 12h or 7d)"
+        ) from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return seconds
 
 
 def _count(least: int) -> Any:

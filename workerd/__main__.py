@@ -9,13 +9,25 @@ import signal
 import sys
 from types import FrameType
 
-from schema.db import connect, resolve_url
-from workerd.listen import listener
-from workerd.providers import provider_from_settings
-from workerd.settings import Settings
-from workerd.worker import Worker
-
 log = logging.getLogger("workerd")
+
+# A SIGTERM that arrives while the imports below are still loading must still mean a clean
+# stop (exit 0), not death by signal: note it now, act on it once the worker exists.
+_early_signals: list[int] = []
+
+
+def _note_signal(signum: int, _frame: FrameType | None) -> None:
+    _early_signals.append(signum)
+
+
+signal.signal(signal.SIGTERM, _note_signal)
+signal.signal(signal.SIGINT, _note_signal)
+
+from schema.db import connect, resolve_url  # noqa: E402
+from workerd.listen import listener  # noqa: E402
+from workerd.providers import provider_from_settings  # noqa: E402
+from workerd.settings import Settings  # noqa: E402
+from workerd.worker import Worker  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if _early_signals:
+        on_signal(_early_signals[0], None)
     log.info(
         "worker %s started: provider=%s concurrency=%d",
         worker.worker_id,

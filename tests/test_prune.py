@@ -1,0 +1,39 @@
+"""Pruning finished work: old terminal jobs go with all their rows, nothing else is touched."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import psycopg
+
+from schema import queue
+from schema.prune import prune
+from schema.queue import Success
+from tests.support import submit
+
+
+def test_prune__deletes_only_old_finished_jobs_with_their_rows(
+    db: psycopg.Connection[Any],
+) -> None:
+    t0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+    def finished(text: str, at: dt.datetime) -> Any:
+        job_id = submit(db, text, 8)
+        with db.transaction():
+            chunks = queue.claim(db, "W", 100, lease_s=30, now=at)
+            queue.record(db, "W", [Success(c, {}) for c in chunks], lambda r: {}, now=at)
+        return job_id
+
+    old = finished("old job. more text.", t0)
+    recent = finished("recent job. more text.", t0 + dt.timedelta(days=6))
+    running = submit(db, "running job. more text.", 8)
+    with db.transaction():
+        queue.claim(db, "X", 1, lease_s=30, now=t0)
+    now = t0 + dt.timedelta(days=7, seconds=1)
+    assert prune(db, 7 * 86400, batch=1, now=now) == 1
+    remaining = {r[0] for r in db.execute("SELECT id FROM jobs")}
+    assert remaining == {recent, running}
+    assert db.execute("SELECT count(*) FROM chunks WHERE job_id = %s", (old,)).fetchone()[0] == 0  # type: ignore[index]
+    assert prune(db, 0, now=now) == 1
+    assert {r[0] for r in db.execute("SELECT id FROM jobs")} == {running}
