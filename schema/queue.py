@@ -191,7 +191,7 @@ def heartbeat(
         return 0
     cur = conn.execute(
         f"""UPDATE chunks c SET lease_expires_at = {NOW} + make_interval(secs => %(lease)s)
-            FROM unnest(%(job_ids)s::uuid[], %(seqs)s::int[], %(attempts)s::int[])
+            FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[], %(attempts)b::int[])
                  AS i(job_id, seq, attempt)
             WHERE c.job_id = i.job_id AND c.seq = i.seq AND c.attempts = i.attempt
               AND c.status = 'running' AND c.worker_id = %(me)s""",
@@ -225,7 +225,7 @@ def release(
         f"""UPDATE chunks c
             SET status = 'pending', attempts = c.attempts - 1, worker_id = NULL,
                 lease_expires_at = NULL, next_attempt_at = {NOW}
-            FROM unnest(%(job_ids)s::uuid[], %(seqs)s::int[], %(attempts)s::int[])
+            FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[], %(attempts)b::int[])
                  AS i(job_id, seq, attempt)
             WHERE c.job_id = i.job_id AND c.seq = i.seq AND c.attempts = i.attempt
               AND c.status = 'running' AND c.worker_id = %(me)s""",
@@ -238,8 +238,8 @@ def release(
 
 _SUCCEED = f"""
 WITH input AS (
-    SELECT * FROM unnest(%(job_ids)s::uuid[], %(seqs)s::int[], %(attempts)s::int[],
-                         %(results)s::text[]) AS i(job_id, seq, attempt, result)
+    SELECT * FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[], %(attempts)b::int[],
+                         %(results)b::text[]) AS i(job_id, seq, attempt, result)
 ), done AS (
     UPDATE chunks c
     SET status = 'succeeded', result = i.result::jsonb, error = NULL,
@@ -260,8 +260,8 @@ SELECT d.job_id, d.seq, c.all_final FROM done d JOIN counted c ON c.id = d.job_i
 
 _FAIL = f"""
 WITH input AS (
-    SELECT * FROM unnest(%(job_ids)s::uuid[], %(seqs)s::int[], %(attempts)s::int[],
-                         %(classes)s::text[], %(errors)s::text[])
+    SELECT * FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[], %(attempts)b::int[],
+                         %(classes)b::text[], %(errors)b::text[])
              AS i(job_id, seq, attempt, error_class, error)
 ), done AS (
     UPDATE chunks c
@@ -285,8 +285,8 @@ SELECT d.job_id, d.seq, c.all_final FROM done d JOIN counted c ON c.id = d.job_i
 
 _RETRY = f"""
 WITH input AS (
-    SELECT * FROM unnest(%(job_ids)s::uuid[], %(seqs)s::int[], %(attempts)s::int[],
-                         %(classes)s::text[], %(errors)s::text[], %(delays)s::float8[])
+    SELECT * FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[], %(attempts)b::int[],
+                         %(classes)b::text[], %(errors)b::text[], %(delays)b::float8[])
              AS i(job_id, seq, attempt, error_class, error, delay)
 ), done AS (
     UPDATE chunks c
@@ -475,46 +475,53 @@ def finalize(
         new_status = JobStatus.FAILED
     else:
         new_status = JobStatus.PARTIAL_SUCCESS
-    result = merged_result(conn, job_id, summarize)
+    extra: dict[str, Any] = {}
     if options.get("reduce"):
         if not reduces:
-            result["reduce"] = {"status": "skipped", "reason": "the provider has no reduce step"}
+            extra["reduce"] = {"status": "skipped", "reason": "the provider has no reduce step"}
         elif completed:
             from schema import reductions
 
-            result["reduce"] = reductions.schedule(conn, job_id, now=now)
+            extra["reduce"] = reductions.schedule(conn, job_id, now=now)
         else:
-            result["reduce"] = {"status": "skipped", "reason": "no chunk succeeded"}
+            extra["reduce"] = {"status": "skipped", "reason": "no chunk succeeded"}
     conn.execute(
-        f"""UPDATE jobs SET status = %(status)s, analysis_result = %(result)s::jsonb,
+        f"""UPDATE jobs SET status = %(status)s, analysis_result = {_MERGED} || %(extra)s::jsonb,
                             finished_at = {NOW}, updated_at = {NOW}
             WHERE id = %(id)s""",
-        {"status": new_status.value, "result": json.dumps(result), "id": job_id, "now": now},
+        {
+            "status": new_status.value,
+            "summary": json.dumps(summarize(succeeded_results(conn, job_id))),
+            "extra": json.dumps(extra),
+            "id": job_id,
+            "now": now,
+        },
     )
     return new_status
 
 
-def merged_result(
-    conn: psycopg.Connection[Any], job_id: uuid.UUID, summarize: Summarize
-) -> dict[str, Any]:
-    """The ``analysis_result`` of a job: one entry per chunk in ``seq`` order, and a summary
-    of the succeeded ones. Reads only this job's rows (primary-key range)."""
-    entries: list[dict[str, Any]] = []
-    succeeded: list[tuple[int, dict[str, Any]]] = []
-    rows = conn.execute(
-        "SELECT seq, start_offset, end_offset, status, result, error FROM chunks"
-        " WHERE job_id = %(id)s ORDER BY seq",
+# A job's ``analysis_result``, built by the server from the job's own rows (primary-key
+# range): one entry per chunk in ``seq`` order, and the provider's summary passed in.
+_MERGED = """jsonb_build_object(
+    'chunks', (SELECT coalesce(jsonb_agg(
+                   jsonb_build_object('index', seq, 'start', start_offset, 'end', end_offset,
+                                      'status', status)
+                   || CASE WHEN status = 'succeeded' THEN jsonb_build_object('result', result)
+                           ELSE jsonb_build_object('error', error) END
+                   ORDER BY seq), '[]'::jsonb)
+               FROM chunks WHERE job_id = %(id)s),
+    'summary', %(summary)s::jsonb)"""
+
+
+def succeeded_results(
+    conn: psycopg.Connection[Any], job_id: uuid.UUID
+) -> list[tuple[int, dict[str, Any]]]:
+    """(length, result) of a job's succeeded chunks in ``seq`` order: what ``summarize`` takes."""
+    return conn.execute(
+        """SELECT end_offset - start_offset, result FROM chunks
+           WHERE job_id = %(id)s AND status = 'succeeded' ORDER BY seq""",
         {"id": job_id},
-    )
-    for seq, start, end, status, result, error in rows:
-        entry: dict[str, Any] = {"index": seq, "start": start, "end": end, "status": status}
-        if status == ChunkStatus.SUCCEEDED:
-            entry["result"] = result
-            succeeded.append((end - start, result))
-        else:
-            entry["error"] = error
-        entries.append(entry)
-    return {"chunks": entries, "summary": summarize(succeeded)}
+    ).fetchall()
 
 
 def cancel(
@@ -543,12 +550,15 @@ def cancel(
             WHERE job_id = %(id)s AND status IN ('pending', 'running')""",
         {"id": job_id, "now": now},
     )
-    result = merged_result(conn, job_id, summarize)
     conn.execute(
-        f"""UPDATE jobs SET status = 'CANCELLED', analysis_result = %(result)s::jsonb,
+        f"""UPDATE jobs SET status = 'CANCELLED', analysis_result = {_MERGED},
                             finished_at = {NOW}, updated_at = {NOW}
             WHERE id = %(id)s""",
-        {"result": json.dumps(result), "id": job_id, "now": now},
+        {
+            "summary": json.dumps(summarize(succeeded_results(conn, job_id))),
+            "id": job_id,
+            "now": now,
+        },
     )
     return JobStatus.CANCELLED
 

@@ -116,7 +116,7 @@ def heartbeat(
         return 0
     cur = conn.execute(
         f"""UPDATE reductions r SET lease_expires_at = {NOW} + make_interval(secs => %(lease)s)
-            FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS i(job_id, attempt)
+            FROM unnest(%(ids)b::uuid[], %(attempts)b::int[]) AS i(job_id, attempt)
             WHERE r.job_id = i.job_id AND r.attempts = i.attempt
               AND r.status = 'running' AND r.worker_id = %(me)s""",
         {
@@ -194,7 +194,7 @@ def release(
     cur = conn.execute(
         f"""UPDATE reductions r SET status = 'pending', attempts = r.attempts - 1,
                    worker_id = NULL, lease_expires_at = NULL, next_attempt_at = {NOW}
-            FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS i(job_id, attempt)
+            FROM unnest(%(ids)b::uuid[], %(attempts)b::int[]) AS i(job_id, attempt)
             WHERE r.job_id = i.job_id AND r.attempts = i.attempt
               AND r.status = 'running' AND r.worker_id = %(me)s""",
         {

@@ -34,6 +34,9 @@ log = logging.getLogger("workerd")
 
 Clock = Callable[[], datetime | None]
 
+# How long finished attempts may wait for the rest of their batch before being written.
+BATCH_WINDOW_S = 0.005
+
 
 @dataclass(frozen=True, slots=True)
 class ReduceOutcome:
@@ -113,6 +116,7 @@ class Worker:
         self._next_heartbeat = 0.0
         self._next_rescue = 0.0
         self._capped = False
+        self._batch_opened: float | None = None
 
     # -- one step ------------------------------------------------------------------------
 
@@ -224,7 +228,7 @@ class Worker:
         )
         return Failure(chunk, type(exc).__name__, str(exc) or type(exc).__name__, delay)
 
-    def _record(self, step: Step) -> None:
+    def _record(self, step: Step, *, force: bool = False) -> None:
         while True:
             try:
                 self._unrecorded.append(self._finished.get_nowait())
@@ -232,6 +236,16 @@ class Worker:
                 break
         if not self._unrecorded:
             return
+        # Group commit: while attempts of this batch are still running, give them a few
+        # milliseconds to finish, so fast providers cost one transaction per batch rather
+        # than one per chunk. Slow providers barely notice: the window is tiny beside them.
+        now = self._monotonic()
+        if self._batch_opened is None:
+            self._batch_opened = now
+        running = len(self._inflight) + len(self._reducing) - len(self._unrecorded)
+        if not force and running > 0 and now - self._batch_opened < BATCH_WINDOW_S:
+            return
+        self._batch_opened = None
         batch = [o for o in self._unrecorded if not isinstance(o, ReduceOutcome)]
         reduced = [o for o in self._unrecorded if isinstance(o, ReduceOutcome)]
 
@@ -443,6 +457,8 @@ class Worker:
         wait = min(wait, max(0.0, self._next_rescue - now))
         if grace_deadline is not None:
             wait = min(wait, max(0.0, grace_deadline - now))
+        if self._batch_opened is not None:
+            wait = min(wait, max(0.0, self._batch_opened + BATCH_WINDOW_S - now))
         if self._capped:
             wait = min(wait, 1.0)
         elif len(self._inflight) < self.concurrency and not self.stopping.is_set():
@@ -454,7 +470,7 @@ class Worker:
     def _give_up(self) -> int:
         """Grace is over: record what finished, hand back the rest, exit cleanly."""
         try:
-            self._record(Step())
+            self._record(Step(), force=True)
             released = self.hand_back()
             log.info("grace period over: handed back %d chunks", released)
         except DatabaseDown as exc:

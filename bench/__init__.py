@@ -1,0 +1,1 @@
+"""chunkq's benchmark suite: ``python -m bench`` (see bench/__main__.py for what it measures)."""

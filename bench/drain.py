@@ -1,0 +1,127 @@
+"""Drain: how fast ``python -m workerd --burst --concurrency 64`` processes empty a backlog.
+
+The backlog (20,000 chunks; --quick 4,000) is enqueued through schema.queue.enqueue,
+either spread over jobs of 200 chunks or all in one job; the simulated provider answers in
+0 ms, so this measures chunkq's own overhead per chunk. 1, 2 and 4 worker processes.
+
+Two rates per run: *db*, chunks / (last finalization's commit - first claim), both
+stamped with clock_timestamp() by bench-only triggers on jobs (the PENDING -> PROCESSING
+move, and a deferred trigger that fires inside the COMMIT of the move to a terminal
+status), so interpreter start-up is not counted; and *wall*, from spawning the workers until every
+job is terminal (start-up included). The db rate is the figure compared with the batched
+reference of as many clients (two for four workers, the most the reference runs),
+measured right before the runs it is compared with. The full run repeats each pairing
+twice and keeps the best rates.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+
+from bench import procs, reference, workload
+from bench.figures import Figure
+from bench.harness import BenchError, Context, wait_until
+
+NAME = "drain"
+CONCURRENCY = 64
+
+
+def _run_once(
+    ctx: Context, url: str, conn: psycopg.Connection[Any], layout: str, count: int
+) -> tuple[float, float]:
+    """Enqueue, drain with ``count`` workers; returns (db chunks/s, wall chunks/s)."""
+    sizes = ctx.sizes
+    n = sizes.drain_chunks
+    workload.reset(conn)
+    if layout == "spread":
+        workload.enqueue_jobs(conn, n // sizes.per_job, sizes.per_job)
+    else:
+        workload.enqueue_one_big_job(conn, n, sizes.per_job)
+    workload.vacuum_analyze(conn, "jobs", "chunks")
+    label = f"drain-{layout}-{count}"
+    t0 = time.monotonic()
+    with procs.workers(
+        url, ctx.tmp, label, count, "--burst", "--concurrency", str(CONCURRENCY)
+    ) as workers:
+
+        def finished() -> bool:
+            procs.check_exit(workers, ctx.tmp, label)
+            if all(w.poll() is not None for w in workers) and workload.unfinished_jobs(conn):
+                raise BenchError(f"{label}: workers exited with jobs unfinished")
+            return workload.unfinished_jobs(conn) == 0
+
+        wait_until(finished, 600, f"{label} to finish", interval=0.02)
+        wall = time.monotonic() - t0
+        for w in workers:
+            w.wait(60)
+        procs.check_exit(workers, ctx.tmp, label)
+    window, completed, chunks = workload.drain_window(conn)
+    if chunks != n or completed != (n // sizes.per_job if layout == "spread" else 1):
+        raise BenchError(f"{label}: {chunks} of {n} chunks, {completed} jobs completed")
+    ctx.say(
+        f"{label}: {n} chunks, db window {window:.2f}s ({n / window:,.0f}/s),"
+        f" wall {wall:.2f}s ({n / wall:,.0f}/s)"
+    )
+    return n / window, n / wall
+
+
+def run(ctx: Context) -> list[Figure]:
+    sizes = ctx.sizes
+    counts = sizes.drain_workers
+    refs: dict[int, float] = {}
+    rates: dict[tuple[str, int], tuple[float, float]] = {}
+    tries: dict[tuple[str, int], list[int]] = {}
+    with (
+        reference.Ceiling.open(ctx) as ceiling,
+        ctx.database("drain") as url,
+        psycopg.connect(url, autocommit=True) as conn,
+    ):
+        workload.install(conn, workload.JOB_STARTED_PROBE)
+        for count in counts:
+            for _ in range(sizes.drain_reps):
+                # The reference right before the runs it is compared with: the load on a
+                # shared machine drifts, and a ratio is only as good as the pairing.
+                ref = ceiling.rate("batched", min(count, 2), sizes.drain_chunks)
+                refs[count] = max(refs.get(count, 0.0), ref)
+                for layout in ("spread", "one-job"):
+                    db_rate, wall_rate = _run_once(ctx, url, conn, layout, count)
+                    best = rates.get((layout, count), (0.0, 0.0))
+                    rates[layout, count] = (max(best[0], db_rate), max(best[1], wall_rate))
+                    tries.setdefault((layout, count), []).append(round(db_rate))
+    figures = []
+    jobs = sizes.drain_chunks // sizes.per_job
+    for layout in ("spread", "one-job"):
+        for count in counts:
+            db_rate, wall_rate = rates[layout, count]
+            clients = min(count, 2)
+            shape = f"{jobs} jobs" if layout == "spread" else "1 job"
+            figures.append(
+                Figure(
+                    NAME,
+                    f"{count} worker{'s' if count > 1 else ''}, {shape} (db)",
+                    db_rate,
+                    "chunks/s",
+                    f"ref batched x{clients}",
+                    refs[count],
+                    ratio_min=0.5 if count == 2 else None,
+                    note=f"wall incl. start-up {wall_rate:,.0f} chunks/s; db rate of each run"
+                    f" {tries[layout, count]}",
+                    extra={"wall_rate": wall_rate, "chunks": sizes.drain_chunks},
+                )
+            )
+    for count in counts:
+        figures.append(
+            Figure(
+                NAME,
+                f"{count} worker{'s' if count > 1 else ''}, one-job vs spread (db)",
+                rates["one-job", count][0],
+                "chunks/s",
+                "spread",
+                rates["spread", count][0],
+                ratio_min=0.8,
+            )
+        )
+    return figures
