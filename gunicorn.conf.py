@@ -14,3 +14,8 @@ timeout = 120
 
 # Keep-alive lets `chunkq submit --wait` and other pollers reuse one connection.
 keepalive = 5
+
+# Threads, so keep-alive works and one process serves several requests at once: a request
+# spends most of its time waiting on PostgreSQL, and the engine's pool is thread-safe.
+worker_class = "gthread"
+threads = 4

@@ -93,11 +93,16 @@ def enqueue(
     NOTIFY is delivered at commit, so a worker never wakes for rows it cannot see yet.
     """
     with conn.cursor() as cur:
+        # One round trip for the job row and the wake-up; the chunks' next_attempt_at
+        # defaults to now() (this transaction's start) unless a test's clock is given.
         cur.execute(
-            f"""INSERT INTO jobs (id, status, chunks_total, max_chunk_chars, text_chars, options,
-                                  created_at, updated_at)
-                VALUES (%(id)s, 'PENDING', %(total)s, %(max)s, %(chars)s, %(options)s,
-                        {NOW}, {NOW})""",
+            f"""WITH job AS (
+                    INSERT INTO jobs (id, status, chunks_total, max_chunk_chars, text_chars,
+                                      options, created_at, updated_at)
+                    VALUES (%(id)s, 'PENDING', %(total)s, %(max)s, %(chars)s, %(options)s,
+                            {NOW}, {NOW})
+                    RETURNING id)
+                SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM job""",
             {
                 "id": job_id,
                 "total": len(spans),
@@ -107,13 +112,16 @@ def enqueue(
                 "now": now,
             },
         )
-        at = now or cur.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        columns = "job_id, seq, start_offset, end_offset, text"
         with cur.copy(
-            "COPY chunks (job_id, seq, start_offset, end_offset, text, next_attempt_at) FROM STDIN"
+            f"COPY chunks ({columns}{', next_attempt_at' if now else ''}) FROM STDIN"
         ) as copy:
-            for seq, (start, end) in enumerate(spans):
-                copy.write_row((job_id, seq, start, end, text[start:end], at))
-        cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+            if now is None:
+                for seq, (start, end) in enumerate(spans):
+                    copy.write_row((job_id, seq, start, end, text[start:end]))
+            else:
+                for seq, (start, end) in enumerate(spans):
+                    copy.write_row((job_id, seq, start, end, text[start:end], now))
 
 
 _CLAIM = f"""
