@@ -19,11 +19,17 @@ FAST = Settings(backoff_base_s=0.0, backoff_max_s=0.0, max_attempts=3)
 TEXT = "\n\n".join(f"Section {i} says something about item {i}." for i in range(6))
 
 
-def steps(worker: Worker, n: int = 50) -> None:
-    for _ in range(n):
-        if not worker.run_once().busy:
-            return
-    raise AssertionError("worker still busy")
+def drain_with(provider: Any, database_url: str, concurrency: int = 4) -> None:
+    """Step a worker with ``provider`` until it has nothing left to do (no threads)."""
+    connect_db = functools.partial(connect, database_url, autocommit=True)
+    worker = Worker(FAST, provider, connect_db, concurrency=concurrency)
+    try:
+        for _ in range(50):
+            if not worker.run_once().busy:
+                return
+        raise AssertionError("worker still busy")
+    finally:
+        worker.close()
 
 
 def submit(client: FlaskClient, **extra: Any) -> str:
@@ -38,13 +44,7 @@ def test_reduce__runs_after_finalization_and_lands_in_analysis_result(
 ) -> None:
     job_id = submit(client, reduce=True)
     provider = SimulatedProvider()
-    worker = Worker(
-        FAST, provider, functools.partial(connect, database_url, autocommit=True), concurrency=4
-    )
-    try:
-        steps(worker)
-    finally:
-        worker.close()
+    drain_with(provider, database_url)
     body = client.get(f"/v1/analyze/{job_id}").get_json()
     assert body["status"] == "COMPLETED"
     reduce = body["analysis_result"]["reduce"]
@@ -73,16 +73,7 @@ def test_reduce__failure_is_reported_and_chunk_results_stay(
             BrokenReduce.calls += 1
             raise PermanentError("model refused the summary")
 
-    worker = Worker(
-        FAST,
-        BrokenReduce(),
-        functools.partial(connect, database_url, autocommit=True),
-        concurrency=4,
-    )
-    try:
-        steps(worker)
-    finally:
-        worker.close()
+    drain_with(BrokenReduce(), database_url, concurrency=4)
     body = client.get(f"/v1/analyze/{job_id}").get_json()
     assert body["status"] == "COMPLETED"
     result = body["analysis_result"]
@@ -108,16 +99,7 @@ def test_reduce__retryable_failure_is_retried_then_succeeds(
                 raise TimeoutError("read timed out")
             return {"ok": len(analyses)}
 
-    worker = Worker(
-        FAST,
-        FlakyReduce(),
-        functools.partial(connect, database_url, autocommit=True),
-        concurrency=2,
-    )
-    try:
-        steps(worker)
-    finally:
-        worker.close()
+    drain_with(FlakyReduce(), database_url, concurrency=2)
     reduce = client.get(f"/v1/analyze/{job_id}").get_json()["analysis_result"]["reduce"]
     assert reduce["status"] == "succeeded" and reduce["attempts"] == 2
     assert FlakyReduce.calls == 2
@@ -125,16 +107,7 @@ def test_reduce__retryable_failure_is_retried_then_succeeds(
 
 def test_reduce__not_requested_means_no_reduce(client: FlaskClient, database_url: str) -> None:
     job_id = submit(client)
-    worker = Worker(
-        FAST,
-        SimulatedProvider(),
-        functools.partial(connect, database_url, autocommit=True),
-        concurrency=4,
-    )
-    try:
-        steps(worker)
-    finally:
-        worker.close()
+    drain_with(SimulatedProvider(), database_url, concurrency=4)
     assert "reduce" not in client.get(f"/v1/analyze/{job_id}").get_json()["analysis_result"]
 
 
@@ -152,13 +125,7 @@ def test_reduce__provider_without_reduce_step_marks_it_skipped(
         def summarize(self, results: list[Any]) -> dict[str, Any]:
             return {"chunks": len(results)}
 
-    worker = Worker(
-        FAST, NoReduce(), functools.partial(connect, database_url, autocommit=True), concurrency=4
-    )
-    try:
-        steps(worker)
-    finally:
-        worker.close()
+    drain_with(NoReduce(), database_url)
     body = client.get(f"/v1/analyze/{job_id}").get_json()
     assert body["status"] == "COMPLETED"
     assert body["analysis_result"]["reduce"]["status"] == "skipped"

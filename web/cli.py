@@ -9,29 +9,40 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from web import client
 from web.up import close_database, cmd_up, migrate, open_database, say, startup_errors
 
 
-def cmd_migrate(_args: argparse.Namespace) -> int:
-    """Apply migrations to DATABASE_URL, or to the embedded database."""
+def with_database(what: str, action: Callable[[str], str]) -> int:
+    """Run ``action(url)`` on DATABASE_URL or the embedded database, print what it says,
+    and turn failures into an exit code (2 for a setup problem, 1 for the action)."""
     db = None
     try:
         db = open_database()
-        migrate(db.url)
-        print(f"chunkq: database ({db.label}) is at the latest migration")
+        print(f"chunkq: {action(db.url)} (database: {db.label})")
         return 0
     except client.ClientError as exc:
         say(str(exc))
         return exc.code
     except startup_errors() as exc:
-        say(f"migration failed: {exc}")
+        say(f"{what} failed: {exc}")
         return 1
     finally:
         if db is not None:
             close_database(db)
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    """Apply migrations to DATABASE_URL, or to the embedded database."""
+
+    def run(url: str) -> str:
+        migrate(url)
+        return "the database is at the latest migration"
+
+    return with_database("migration", run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,22 +121,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from schema.db import libpq_url
     from schema.prune import prune
 
-    db = None
-    try:
-        db = open_database()
-        with psycopg.connect(libpq_url(db.url), autocommit=True) as conn:
+    def run(url: str) -> str:
+        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
             deleted = prune(conn, args.older_than)
-        print(f"chunkq: deleted {deleted} finished jobs older than {args.older_than:g} s")
-        return 0
-    except client.ClientError as exc:
-        say(str(exc))
-        return exc.code
-    except startup_errors() as exc:
-        say(f"prune failed: {exc}")
-        return 1
-    finally:
-        if db is not None:
-            close_database(db)
+        return f"deleted {deleted} finished jobs older than {args.older_than:g} s"
+
+    return with_database("prune", run)
 
 
 def _age(value: str) -> float:

@@ -187,18 +187,7 @@ class Worker:
         try:
             result = storable(self.provider.reduce(reduction.analyses))  # type: ignore[attr-defined]
         except Exception as exc:
-            retryable = exc.retryable if isinstance(exc, ProviderError) else True
-            hint = exc.retry_after if isinstance(exc, ProviderError) else None
-            s = self.settings
-            delay = retry_delay(
-                reduction.attempt,
-                retryable=retryable,
-                max_attempts=s.max_attempts,
-                base_s=s.backoff_base_s,
-                max_s=s.backoff_max_s,
-                rng=self._rng,
-                hint_s=hint,
-            )
+            delay = self._retry_in(reduction.attempt, exc)
             return ReduceOutcome(reduction, error=f"{type(exc).__name__}: {exc}", retry_in=delay)
         return ReduceOutcome(reduction, result=result)
 
@@ -206,19 +195,21 @@ class Worker:
         """Run the provider on one chunk; never raises: every error becomes a Failure."""
         try:
             result = storable(self.provider.analyze(chunk.text))
-        except ProviderError as exc:
-            return self._failure(chunk, exc, retryable=exc.retryable, hint=exc.retry_after)
-        except Exception as exc:  # an unknown error may be transient: retry it, within limits
-            log.warning("provider raised %s on chunk %s/%s", type(exc).__name__, *chunk.key)
-            return self._failure(chunk, exc, retryable=True, hint=None)
+        except Exception as exc:
+            if not isinstance(exc, ProviderError):
+                log.warning("provider raised %s on chunk %s/%s", type(exc).__name__, *chunk.key)
+            delay = self._retry_in(chunk.attempt, exc)
+            return Failure(chunk, type(exc).__name__, str(exc) or type(exc).__name__, delay)
         return Success(chunk, result)
 
-    def _failure(
-        self, chunk: ClaimedChunk, exc: Exception, *, retryable: bool, hint: float | None
-    ) -> Failure:
+    def _retry_in(self, attempt: int, exc: Exception) -> float | None:
+        """Seconds until the next attempt after ``exc``, or None to fail now. An error that
+        is not a ProviderError is unknown and may be transient: retried, within limits."""
+        retryable = exc.retryable if isinstance(exc, ProviderError) else True
+        hint = exc.retry_after if isinstance(exc, ProviderError) else None
         s = self.settings
-        delay = retry_delay(
-            chunk.attempt,
+        return retry_delay(
+            attempt,
             retryable=retryable,
             max_attempts=s.max_attempts,
             base_s=s.backoff_base_s,
@@ -226,7 +217,6 @@ class Worker:
             rng=self._rng,
             hint_s=hint,
         )
-        return Failure(chunk, type(exc).__name__, str(exc) or type(exc).__name__, delay)
 
     def _record(self, step: Step, *, force: bool = False) -> None:
         while True:
