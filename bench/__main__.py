@@ -63,7 +63,7 @@ from typing import Any
 from bench.figures import Figure, render_table
 from bench.harness import Context, Server, Sizes
 
-MODULES = ("reference", "drain", "pickup", "submit", "latency", "backlog", "memory")
+MODULES = ("reference", "drain", "pickup", "submit", "latency", "capped", "backlog", "memory")
 OPTIONAL = ("chaos",)  # written elsewhere; run when present and shaped like the others
 
 
