@@ -54,6 +54,8 @@ class ClaimedChunk:
 class Success:
     chunk: ClaimedChunk
     result: dict[str, Any]
+    # The result already serialised (by the attempt thread, off the recording path).
+    encoded: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,7 +348,7 @@ def record(
     rows: list[tuple[uuid.UUID, int, bool]] = []
     if successes:
         job_ids, seqs, attempts = _columns(o.chunk for o in successes)
-        results = [json.dumps(o.result, separators=(",", ":")) for o in successes]
+        results = [o.encoded or json.dumps(o.result, separators=(",", ":")) for o in successes]
         rows += conn.execute(
             _SUCCEED,
             {**params, "job_ids": job_ids, "seqs": seqs, "attempts": attempts, "results": results},

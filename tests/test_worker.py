@@ -276,3 +276,13 @@ def test_unstorable_result__fails_the_chunk_not_the_worker(
     logged = db.execute("SELECT error_class, error FROM chunk_attempts").fetchall()
     assert len(logged) == 1 and logged[0][0] == "PermanentError"
     assert_invariants(db)
+
+
+def test_encode__accepts_a_literal_backslash_u0000_and_refuses_a_real_nul() -> None:
+    from workerd.providers import PermanentError
+    from workerd.worker import encode
+
+    assert encode({"text": "a \\u0000 b"}) == '{"text":"a \\\\u0000 b"}'
+    for bad in ({"text": "a \x00 b"}, {"k\x00": 1}, {"text": "\\\x00"}):
+        with pytest.raises(PermanentError, match="NUL"):
+            encode(bad)

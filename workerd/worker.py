@@ -12,6 +12,7 @@ import logging
 import os
 import queue as queue_mod
 import random
+import re
 import socket
 import threading
 import time
@@ -185,7 +186,8 @@ class Worker:
     def attempt_reduce(self, reduction: ClaimedReduction) -> ReduceOutcome:
         """Run the provider's reduce step on a job's ordered analyses; never raises."""
         try:
-            result = storable(self.provider.reduce(reduction.analyses))  # type: ignore[attr-defined]
+            result = self.provider.reduce(reduction.analyses)  # type: ignore[attr-defined]
+            encode(result)
         except Exception as exc:
             delay = self._retry_in(reduction.attempt, exc)
             return ReduceOutcome(reduction, error=f"{type(exc).__name__}: {exc}", retry_in=delay)
@@ -194,13 +196,14 @@ class Worker:
     def attempt(self, chunk: ClaimedChunk) -> Success | Failure:
         """Run the provider on one chunk; never raises: every error becomes a Failure."""
         try:
-            result = storable(self.provider.analyze(chunk.text))
+            result = self.provider.analyze(chunk.text)
+            encoded = encode(result)
         except Exception as exc:
             if not isinstance(exc, ProviderError):
                 log.warning("provider raised %s on chunk %s/%s", type(exc).__name__, *chunk.key)
             delay = self._retry_in(chunk.attempt, exc)
             return Failure(chunk, type(exc).__name__, str(exc) or type(exc).__name__, delay)
-        return Success(chunk, result)
+        return Success(chunk, result, encoded)
 
     def _retry_in(self, attempt: int, exc: Exception) -> float | None:
         """Seconds until the next attempt after ``exc``, or None to fail now. An error that
@@ -473,29 +476,23 @@ class Worker:
         self.wake.set()
 
 
-def storable(result: Any) -> dict[str, Any]:
-    """Check a provider's result before it reaches the database: a JSON object with no NUL
-    character (jsonb cannot hold one) and no NaN. A bad one is the provider's failure, not a
-    reason for the worker to fail writing a whole batch."""
+def encode(result: Any) -> str:
+    """Serialise a provider's result for the database, refusing what jsonb cannot hold: a
+    non-object, NaN or infinity, or a NUL character. A bad result is the provider's failure,
+    not a reason for the worker to fail writing a whole batch."""
     if not isinstance(result, dict):
         raise PermanentError(f"provider returned {type(result).__name__}, not a JSON object")
     try:
-        json.dumps(result, allow_nan=False)
+        text = json.dumps(result, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise PermanentError(f"provider returned a result that is not JSON: {exc}") from exc
-    if _has_nul(result):
+    if _NUL.search(text):
         raise PermanentError("provider returned a result with a NUL character (U+0000)")
-    return result
+    return text
 
 
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any("\x00" in k or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+# json.dumps writes NUL as \u0000; an even run of backslashes before it is escaped text.
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class _AttemptPool:
