@@ -167,7 +167,14 @@ def test_database_restart__jobs_complete_and_api_answers_503_meanwhile(
                 assert int(during.headers["Retry-After"]) > 0
                 refused = http.post("/v1/analyze", json={"raw_text": "x", "max_chunk_chars": 5})
                 assert refused.status_code == 503
-                time.sleep(1.0)  # keep the outage long enough for every worker to notice it
+                # Keep the outage until every worker has seen its LISTEN connection drop.
+                logs = [tmp_path / f"w{i}.log" for i in range(2)]
+                wait_for(
+                    lambda: all("LISTEN connection lost" in log.read_text() for log in logs),
+                    20,
+                    "both workers to notice the outage",
+                    interval=0.05,
+                )
             finally:
                 pg_server.embedded.start()
             second = http.post(

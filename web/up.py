@@ -261,14 +261,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _gunicorn_argv(fd: int, workers: int) -> list[str]:
-    argv = [sys.executable, "-m", "gunicorn", "--bind", f"fd://{fd}", "--workers", str(workers)]
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:web.gunicorn_conf"]
+    argv += ["--bind", f"fd://{fd}", "--workers", str(workers)]
     argv += ["--graceful-timeout", str(GUNICORN_GRACE_S)]
-    from gunicorn.config import KNOWN_SETTINGS
-
-    # Recent gunicorn (27 does) opens a control socket at one fixed path per user, which a
-    # second instance (another chunkq up, a test's server) would take over; we never use it.
-    if any("--no-control-socket" in (s.cli or ()) for s in KNOWN_SETTINGS):
-        argv.append("--no-control-socket")
     return [*argv, "web:create_app()"]
 
 
