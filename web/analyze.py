@@ -102,8 +102,7 @@ def cancel(job_id: str) -> dict[str, Any]:
     summarize = current_app.extensions["chunkq.summarize"]()
     with _connection(write=True) as conn:
         queue.cancel(conn, key, summarize)
-    with _connection(write=False) as conn:
-        report = job_report(conn, key)
+        report = job_report(conn, key)  # in the same transaction: what the cancel left
     assert report is not None
     return report
 
