@@ -20,7 +20,7 @@ import psycopg
 from bench import procs, workload
 from bench.figures import Figure, median, percentile
 from bench.harness import BenchError, Context
-from web.chunking import split_text
+from schema.chunking import split_text
 
 NAME = "submit"
 MAX_CHUNK_CHARS = 1000

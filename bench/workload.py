@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from schema import queue
-from web.chunking import split_text
+from schema.chunking import split_text
 
 _WORD_TEXT = (
     "the of and to in a is that for it as was with be by on not he this are or his from at"

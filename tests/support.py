@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 
 from schema import queue
-from web.chunking import split_text
+from schema.chunking import split_text
 
 
 def submit(db: psycopg.Connection[Any], text: str, max_chars: int, **options: Any) -> uuid.UUID:

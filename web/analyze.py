@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from schema import queue
 from schema.errors import InvalidRequest, JobNotFound
 from schema.reads import job_report
-from web.chunking import split_text
+from schema.chunking import split_text
 from web.problems import ValidationFailed
 from web.validation import parse_submission
 
