@@ -25,14 +25,17 @@ def retry_delay(
     max_s: float,
     rng: random.Random,
     hint_s: float | None = None,
+    hint_max_s: float = 300.0,
 ) -> float | None:
     """The delay before the next attempt, or None when the chunk must fail now.
 
-    A provider's Retry-After hint wins when it asks for longer, but never beyond ``max_s``.
+    A provider's Retry-After hint is the server's word: it wins when it asks for longer,
+    whatever the backoff's ``max_s``, up to its own cap ``hint_max_s``
+    (CHUNKQ_RETRY_AFTER_MAX_S).
     """
     if not retryable or attempt >= max_attempts:
         return None
     delay = backoff(attempt, base_s=base_s, max_s=max_s, rng=rng)
     if hint_s is not None and hint_s > delay:
-        delay = min(hint_s, max_s)
+        delay = min(hint_s, hint_max_s)
     return delay

@@ -27,6 +27,15 @@ class Settings:
     openai_base_url: str = "https://api.openai.com/v1"
     openai_api_key: str | None = None
     model: str = "gpt-4o-mini"
+    max_tokens: int = 1024
+    prompt_file: str | None = None
+    reduce_prompt_file: str | None = None
+    attempt_timeout_s: float = 300.0
+    retry_after_max_s: float = 300.0
+    # The circuit: this many provider-unavailable failures in a row (across chunks, with no
+    # success between) open it; while open, one probe at a time, spaced up to circuit_max_s.
+    circuit_threshold: int = 3
+    circuit_max_s: float = 15.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -41,6 +50,16 @@ class Settings:
             raise ValueError("CHUNKQ_SIM_FAIL_RATE must be between 0 and 1")
         if self.provider_concurrency is not None and self.provider_concurrency < 1:
             raise ValueError("CHUNKQ_PROVIDER_CONCURRENCY must be at least 1 when set")
+        if self.max_tokens < 1:
+            raise ValueError("CHUNKQ_MAX_TOKENS must be at least 1")
+        if not self.attempt_timeout_s > 0:
+            raise ValueError("CHUNKQ_ATTEMPT_TIMEOUT_S must be positive")
+        if self.retry_after_max_s < 0:
+            raise ValueError("CHUNKQ_RETRY_AFTER_MAX_S must not be negative")
+        if self.circuit_threshold < 1:
+            raise ValueError("CHUNKQ_CIRCUIT_THRESHOLD must be at least 1")
+        if not self.circuit_max_s > 0:
+            raise ValueError("CHUNKQ_CIRCUIT_MAX_S must be positive")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -82,4 +101,11 @@ ENVIRONMENT = {
     "openai_base_url": "OPENAI_BASE_URL",
     "openai_api_key": "OPENAI_API_KEY",
     "model": "CHUNKQ_MODEL",
+    "max_tokens": "CHUNKQ_MAX_TOKENS",
+    "prompt_file": "CHUNKQ_PROMPT_FILE",
+    "reduce_prompt_file": "CHUNKQ_REDUCE_PROMPT_FILE",
+    "attempt_timeout_s": "CHUNKQ_ATTEMPT_TIMEOUT_S",
+    "retry_after_max_s": "CHUNKQ_RETRY_AFTER_MAX_S",
+    "circuit_threshold": "CHUNKQ_CIRCUIT_THRESHOLD",
+    "circuit_max_s": "CHUNKQ_CIRCUIT_MAX_S",
 }

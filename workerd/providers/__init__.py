@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from workerd.providers.base import (
+    AttemptAborted,
+    AttemptTimeout,
+    Call,
+    ContextOverflow,
+    InvalidReply,
     PermanentError,
     Provider,
     ProviderError,
+    ProviderUnavailable,
     RetryableError,
     can_reduce,
+    circuit_key,
 )
 
 if TYPE_CHECKING:
@@ -22,14 +28,21 @@ if TYPE_CHECKING:
     from workerd.settings import Settings
 
 __all__ = [
+    "AttemptAborted",
+    "AttemptTimeout",
     "BuiltinProvider",
+    "Call",
+    "ContextOverflow",
+    "InvalidReply",
     "OpenAIProvider",
     "PermanentError",
     "Provider",
     "ProviderError",
+    "ProviderUnavailable",
     "RetryableError",
     "SimulatedProvider",
     "can_reduce",
+    "circuit_key",
     "make_provider",
     "provider_from_settings",
 ]
@@ -71,17 +84,17 @@ def provider_from_settings(settings: Settings) -> Provider:
             "fail_pattern": settings.sim_fail_pattern,
         }
     elif settings.provider == "openai":
+        from workerd.providers.prompts import load_template
+
         options = {
             "base_url": settings.openai_base_url,
             "api_key": settings.openai_api_key,
             "model": settings.model,
-            # Not a Settings field: a file path whose text is the user-prompt template.
-            "prompt_template": _prompt_template(os.environ.get("CHUNKQ_PROMPT_FILE")),
+            "max_tokens": settings.max_tokens,
+            "retry_after_cap_s": settings.retry_after_max_s,
+            "prompt_template": load_template(settings.prompt_file, "CHUNKQ_PROMPT_FILE", "{text}"),
+            "reduce_template": load_template(
+                settings.reduce_prompt_file, "CHUNKQ_REDUCE_PROMPT_FILE", "{sections}"
+            ),
         }
     return make_provider(settings.provider, **options)
-
-
-def _prompt_template(path: str | None) -> str | None:
-    from workerd.providers.openai import load_prompt_template
-
-    return load_prompt_template(path)

@@ -22,6 +22,8 @@ from typing import Any
 import yake
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+from workerd.providers.base import Call
+
 MAX_KEYWORDS = 10
 _DIGITS = 4
 _SENTIMENT_KEYS = ("compound", "pos", "neu", "neg")
@@ -60,8 +62,14 @@ class BuiltinProvider:
         # Loading the lexicon takes ~15 ms, so it is done once per provider, not per chunk.
         self._vader = SentimentIntensityAnalyzer()
 
-    def analyze(self, text: str) -> dict[str, Any]:
-        """Counts, sentiment and top keywords of one chunk; blank text gives zeros."""
+    def analyze(self, text: str, call: Call | None = None) -> dict[str, Any]:
+        """Counts, sentiment and top keywords of one chunk; blank text gives zeros.
+
+        The work is CPU-bound and short; ``call`` is checked before it starts, and the worker
+        frees the slot of an attempt that outlives its deadline in any case.
+        """
+        if call is not None:
+            call.check()
         if not text.strip():
             return {
                 "chars": len(text),

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from workerd.providers.base import RetryableError
+from workerd.providers.base import Call, RetryableError
 
 
 class SimulatedProvider:
@@ -55,10 +55,9 @@ class SimulatedProvider:
         self._rng_lock = threading.Lock()
         self._sleep = sleep
 
-    def analyze(self, text: str) -> dict[str, Any]:
+    def analyze(self, text: str, call: Call | None = None) -> dict[str, Any]:
         """Return length, word count and digest of ``text``, or raise RetryableError."""
-        if self.latency_ms > 0:
-            self._sleep(self.latency_ms / 1000)
+        self._wait(call)
         if self._pattern is not None and self._pattern.search(text):
             raise RetryableError(
                 f"simulated failure: chunk matches fail_pattern {self._pattern.pattern!r}"
@@ -79,15 +78,23 @@ class SimulatedProvider:
             "words": sum(result["words"] for _, result in results),
         }
 
+    def _wait(self, call: Call | None) -> None:
+        """Take the call's latency; within a Call, its deadline or an abort cuts it short."""
+        if self.latency_ms <= 0:
+            return
+        if call is None:
+            self._sleep(self.latency_ms / 1000)
+        else:
+            call.sleep(self.latency_ms / 1000)
+
     def _draw(self) -> float:
         with self._rng_lock:
             return self._rng.random()
 
-    def reduce(self, analyses: list[dict[str, Any]]) -> dict[str, Any]:
+    def reduce(self, analyses: list[dict[str, Any]], call: Call | None = None) -> dict[str, Any]:
         """The reduce step's double: one more call (same latency and random failures) that
         folds the ordered chunk digests into one."""
-        if self.latency_ms > 0:
-            self._sleep(self.latency_ms / 1000)
+        self._wait(call)
         if self.fail_rate > 0 and self._draw() < self.fail_rate:
             raise RetryableError(f"simulated reduce failure (fail_rate={self.fail_rate})")
         digests = "".join(a["result"]["digest"] for a in analyses)
