@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 CHAT_PATH = "/v1/chat/completions"
+MODELS_PATH = "/v1/models"
 # The default prompt puts the chunk on lines of its own between these tags.
 _CHUNK = re.compile(r"<chunk>\n(.*)\n</chunk>", re.DOTALL)
 _WORD = re.compile(r"\w+")
@@ -70,13 +71,18 @@ class Reply:
     """What to answer: status, body (dict/list sent as JSON, str/bytes as is), headers.
 
     ``status=0`` closes the connection without answering. ``latency_s`` overrides the
-    server's latency for this reply.
+    server's latency for this reply. ``trickle_s``: after the headers, send the body one
+    byte every that many seconds (a server that never quite finishes). A 200 completion to
+    a request that asked for ``stream`` is sent as server-sent events, as real servers do,
+    unless ``stream`` is False.
     """
 
     status: int = 200
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     latency_s: float | None = None
+    trickle_s: float | None = None
+    stream: bool | None = None
 
 
 Responder = Callable[[Request], Reply]
@@ -292,15 +298,18 @@ class MockOpenAI:
         *,
         latency_s: float = 0.0,
         fallback: Responder = analysis_reply,
+        models: tuple[str, ...] | None = ("mock-model",),
     ) -> None:
         self.latency_s = latency_s
         self.fallback = fallback
+        self.models = models  # what GET /v1/models lists; None answers 404
         self.requests: deque[Request] = deque(maxlen=10_000)  # the latest, oldest first
         self._script: deque[Reply | Responder] = deque()
         self._lock = threading.Condition()
         self._total = 0
         self._in_flight = 0
         self._max_in_flight = 0
+        self.finished = 0  # replies whose sending ended (sent, or cut off by the client)
         self._open = threading.Event()  # cleared by pause(): requests wait to be answered
         self._open.set()
         self._closing = threading.Event()
@@ -407,6 +416,9 @@ class MockOpenAI:
             source: Reply | Responder | None = None
             if handler.path == CHAT_PATH and handler.command == "POST":
                 source = self._script.popleft() if self._script else self.fallback
+            elif handler.path == MODELS_PATH and handler.command == "GET" and self.models:
+                listed = [{"id": m, "object": "model", "owned_by": "me"} for m in self.models]
+                source = Reply(200, {"object": "list", "data": listed})
         try:
             self._open.wait()
             if source is None:
@@ -414,7 +426,7 @@ class MockOpenAI:
             else:
                 reply = source(request) if callable(source) else source
             latency = self.latency_s if reply.latency_s is None else reply.latency_s
-            if latency > 0:
+            if latency > 0 and request.path == CHAT_PATH:
                 self._closing.wait(latency)
         finally:
             # Out of flight before the answer is written: once a client has its answer it may
@@ -422,15 +434,54 @@ class MockOpenAI:
             with self._lock:
                 self._in_flight -= 1
                 self._lock.notify_all()
-        _send(handler, reply)
+        streamed = isinstance(request.body, dict) and bool(request.body.get("stream"))
+        try:
+            _send(handler, reply, streamed, self._closing)
+        except OSError:
+            handler.close_connection = True  # the client left (aborted or timed out)
+        finally:
+            with self._lock:
+                self.finished += 1
+                self._lock.notify_all()
 
 
-def _send(handler: _Handler, reply: Reply) -> None:
+def _events(body: dict[str, Any]) -> bytes:
+    """A completion body as the server-sent events of a stream: one event per few characters
+    of content, the finish reason in the last, usage in a final event, then [DONE]."""
+    choice = body["choices"][0]
+    content = choice["message"]["content"] or ""
+    base = {k: body[k] for k in ("id", "created", "model") if k in body}
+    base["object"] = "chat.completion.chunk"
+    events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant"}}]}]
+    for i in range(0, len(content), 4):
+        delta = {"content": content[i : i + 4]}
+        events.append({**base, "choices": [{"index": 0, "delta": delta}]})
+    events.append(
+        {
+            **base,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason")}],
+        }
+    )
+    if "usage" in body:
+        events.append({**base, "choices": [], "usage": body["usage"]})
+    lines = [f"data: {json.dumps(e)}\n\n" for e in events] + ["data: [DONE]\n\n"]
+    return "".join(lines).encode()
+
+
+def _send(handler: _Handler, reply: Reply, streamed: bool, closing: threading.Event) -> None:
     if reply.status == 0:
         handler.close_connection = True
         return
     headers = {k.lower(): v for k, v in reply.headers.items()}
-    if isinstance(reply.body, dict | list):
+    completion_body = isinstance(reply.body, dict) and "choices" in reply.body
+    if (
+        reply.status == 200
+        and completion_body
+        and (reply.stream or (streamed and reply.stream is None))
+    ):
+        data = _events(reply.body)
+        headers["content-type"] = "text/event-stream"
+    elif isinstance(reply.body, dict | list):
         data = json.dumps(reply.body).encode()
         headers.setdefault("content-type", "application/json")
     elif isinstance(reply.body, bytes):
@@ -444,7 +495,15 @@ def _send(handler: _Handler, reply: Reply) -> None:
         handler.send_header(name, value)
     handler.send_header("Content-Length", str(len(data)))
     handler.end_headers()
-    handler.wfile.write(data)
+    if reply.trickle_s is None:
+        handler.wfile.write(data)
+        return
+    handler.wfile.flush()
+    for i in range(len(data)):
+        if closing.wait(reply.trickle_s):
+            return
+        handler.wfile.write(data[i : i + 1])
+        handler.wfile.flush()
 
 
 class _Server(ThreadingHTTPServer):

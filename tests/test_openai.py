@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -23,9 +24,9 @@ from tests.mock_openai import (
     MockOpenAI,
     Reply,
     analysis,
+    analysis_reply,
     completion,
     context_limit,
-    cut_off,
     disconnect,
     error_reply,
     mock_openai_fixture,  # noqa: F401 - the mock_openai fixture
@@ -36,14 +37,19 @@ from tests.mock_openai import (
 )
 from tests.support import chunk_rows, job_row, submit
 from workerd.providers import (
+    InvalidReply,
     PermanentError,
     Provider,
     ProviderError,
+    ProviderUnavailable,
     RetryableError,
     make_provider,
     provider_from_settings,
 )
-from workerd.providers.openai import DEFAULT_PROMPT, OpenAIProvider, retry_after
+from workerd.providers.classify import retry_after
+from workerd.providers.openai import FORMATS, OpenAIProvider
+from workerd.providers.prompts import DEFAULT_PROMPT, REDUCE_PROMPT
+from workerd.providers.replies import ANALYSIS_SCHEMA
 from workerd.settings import Settings
 from workerd.worker import Worker
 
@@ -95,8 +101,8 @@ def test_openai__good_reply_is_parsed_with_model_finish_reason_and_usage(
     assert body["model"] == "gpt-test"
     assert [m["role"] for m in body["messages"]] == ["system", "user"]
     assert body["messages"][1]["content"] == DEFAULT_PROMPT.replace("{text}", TEXT)
-    assert body["response_format"] == {"type": "json_object"}
-    assert (body["temperature"], body["max_tokens"]) == (0, 1024)
+    assert body["response_format"]["type"] == "json_schema"
+    assert (body["temperature"], body["max_tokens"], body["stream"]) == (0, 1024, True)
 
 
 def test_openai__default_mock_reply_analyses_the_chunk_sent(provider: OpenAIProvider) -> None:
@@ -119,77 +125,190 @@ def test_openai__authorization_header_sent_only_with_a_key(
     assert request.headers.get("authorization") == expected
 
 
-def test_openai__fenced_json_and_small_slips_are_accepted(
+def test_openai__fenced_json_and_surrounding_whitespace_are_accepted(
     mock_openai: MockOpenAI, provider: OpenAIProvider
 ) -> None:
-    fenced = 'Here it is:\n```json\n{"summary": " S ", "sentiment": "Negative",\n'
-    fenced += '"sentiment_score": "-0.5", "key_points": "one point"}\n```'
-    nested = {"summary": "S", "sentiment": {"label": "mixed", "score": 7}, "key_points": [1, ""]}
-    mock_openai.serve(completion(fenced), completion(nested))
-    first, second = provider.analyze(TEXT), provider.analyze(TEXT)
-    assert (first["summary"], first["sentiment"], first["sentiment_score"]) == (
-        "S",
-        "negative",
-        -0.5,
-    )
-    assert first["key_points"] == ["one point"]
-    assert (second["sentiment"], second["sentiment_score"], second["key_points"]) == (
-        "mixed",
-        1.0,
-        ["1"],
-    )
+    fenced = "\n ```json\n" + json.dumps(GOOD) + "\n```\n "
+    mock_openai.serve(completion(fenced), completion("  " + json.dumps(GOOD) + "\n"))
+    for _ in range(2):
+        assert {k: v for k, v in provider.analyze(TEXT).items() if k in GOOD} == GOOD
+    assert mock_openai.total_requests == 2  # neither needed another try
 
 
 @pytest.mark.parametrize(
     ("content", "complaint"),
     [
-        ('["a", "list"]', "not a JSON object"),
-        ('{"sentiment": "positive", "key_points": []}', "no string 'summary'"),
-        ('{"summary": "s", "sentiment": "ecstatic", "key_points": []}', "no valid 'sentiment'"),
-        ('{"summary": "s", "sentiment": "neutral", "key_points": {"a": 1}}', "'key_points'"),
+        ('["a", "list"]', "$ should be object, got array"),
+        ('{"sentiment": "positive", "key_points": []}', "$.summary is missing"),
+        (
+            '{"summary": "s", "sentiment": "ecstatic", "sentiment_score": 0, "key_points": []}',
+            "$.sentiment should be one of",
+        ),
+        (
+            '{"summary": "s", "sentiment": "Neutral", "sentiment_score": 0, "key_points": []}',
+            "$.sentiment should be one of",
+        ),
+        (
+            '{"summary": "s", "sentiment": "neutral", "sentiment_score": "0.5", "key_points": []}',
+            "$.sentiment_score should be number, got string",
+        ),
+        (
+            '{"summary": "s", "sentiment": "mixed", "sentiment_score": 2.1, "key_points": []}',
+            "$.sentiment_score should be within [-1, 1]",
+        ),
+        (
+            '{"summary": "s", "sentiment": "neutral", "sentiment_score": 0, "key_points": "a"}',
+            "$.key_points should be array",
+        ),
+        (
+            '{"summary": "s", "sentiment": "neutral", "sentiment_score": 0, "key_points": [],'
+            ' "extra": 1}',
+            "$.extra is not allowed",
+        ),
+        ('Here it is: {"summary": "s"}', "not valid JSON"),
     ],
 )
-def test_openai__wrong_shape_is_retryable_and_quotes_the_reply(
+def test_openai__off_schema_reply_twice_is_a_permanent_invalid_reply_quoting_it(
     mock_openai: MockOpenAI, provider: OpenAIProvider, content: str, complaint: str
 ) -> None:
-    mock_openai.serve(completion(content))
+    mock_openai.serve(completion(content), completion(content))
     error = failure(provider)
-    assert isinstance(error, RetryableError)
+    assert type(error) is InvalidReply and not error.retryable
     assert complaint in str(error) and content[:20] in str(error)
+    assert "(the same reply again)" in str(error)
+    first, second = (r.body for r in mock_openai.requests)
+    # The second try changes the sampling: at temperature 0 the same request gives the same
+    # reply, so asking again unchanged cannot help.
+    assert (first["temperature"], "seed" in first) == (0, False)
+    assert second["temperature"] > 0 and isinstance(second["seed"], int)
+    assert first["messages"] == second["messages"]
 
 
-def test_openai__non_json_content_is_retryable_and_quoted(
+def test_openai__off_schema_reply_then_a_good_one_succeeds_in_the_same_attempt(
     mock_openai: MockOpenAI, provider: OpenAIProvider
 ) -> None:
-    mock_openai.serve(not_json())
-    error = failure(provider)
-    assert isinstance(error, RetryableError)
-    assert "not valid JSON" in str(error) and "Sure! The text is mostly positive" in str(error)
+    mock_openai.serve(completion({"summary": {"key_points": ["x"]}}), completion(GOOD))
+    result = provider.analyze(TEXT)
+    assert {k: result[k] for k in GOOD} == GOOD
+    assert mock_openai.total_requests == 2
 
 
-def test_openai__long_bad_content_is_quoted_to_200_chars(
+def test_openai__two_different_bad_replies_quote_the_last(
     mock_openai: MockOpenAI, provider: OpenAIProvider
 ) -> None:
-    mock_openai.serve(completion("x" * 5000))
+    mock_openai.serve(not_json(), completion("x" * 5000))
     message = str(failure(provider))
-    assert "x" * 200 + "…" in message and "x" * 201 not in message
+    assert "same reply again" not in message
+    assert "x" * 300 + "…" in message and "x" * 301 not in message
 
 
-def test_openai__finish_reason_length_is_retryable(
-    mock_openai: MockOpenAI, provider: OpenAIProvider
-) -> None:
-    mock_openai.serve(cut_off())
-    error = failure(provider)
-    assert isinstance(error, RetryableError)
-    assert str(error) == "reply cut off at max_tokens (finish_reason=length)"
+def test_openai__reply_cut_at_max_tokens_is_an_invalid_reply(mock_openai: MockOpenAI) -> None:
+    usage = {"prompt_tokens": 50, "completion_tokens": 64, "total_tokens": 114}
+    cut = completion('{"summary": "The text begins by', finish_reason="length", usage=usage)
+    mock_openai.serve(cut, cut)
+    with OpenAIProvider(mock_openai.base_url, None, "m", max_tokens=64) as provider:
+        error = failure(provider)
+    assert type(error) is InvalidReply and "raise CHUNKQ_MAX_TOKENS" in str(error)
 
 
-def test_openai__200_with_a_non_json_body_is_retryable(
+def test_openai__200_with_a_body_that_is_no_completion_is_retryable(
     mock_openai: MockOpenAI, provider: OpenAIProvider
 ) -> None:
     mock_openai.serve(Reply(200, "<html>captive portal</html>"))
     error = failure(provider)
-    assert isinstance(error, RetryableError) and "captive portal" in str(error)
+    assert type(error) is RetryableError and "captive portal" in str(error)
+    assert mock_openai.total_requests == 1  # not the model's reply: no second sampling
+
+
+def test_openai__streamed_and_plain_replies_read_the_same(
+    mock_openai: MockOpenAI, provider: OpenAIProvider
+) -> None:
+    usage = {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42}
+    streamed = completion(GOOD, usage=usage)
+    plain = completion(GOOD, usage=usage)
+    plain.stream = False
+    mock_openai.serve(streamed, plain)
+    first, second = provider.analyze(TEXT), provider.analyze(TEXT)
+    assert first == second and first["usage"] == usage
+    assert all(r.body["stream"] is True for r in mock_openai.requests)
+
+
+def test_openai__stream_without_usage_counts_the_reply_tokens(
+    mock_openai: MockOpenAI, provider: OpenAIProvider
+) -> None:
+    reply = completion(GOOD)
+    del reply.body["usage"]  # llama.cpp's stream carries no usage
+    mock_openai.serve(reply)
+    usage = provider.analyze(TEXT)["usage"]
+    # The mock streams four characters an event, about what one token is.
+    assert usage["completion_tokens"] == -(-len(json.dumps(GOOD)) // 4)
+
+
+# --- structured outputs -------------------------------------------------------------------
+
+LLAMACPP_FORMAT_ERROR = (
+    "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', "
+    "'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}"
+)
+
+
+def only_formats(*accepted: str) -> Any:
+    """A server that takes only these response_format variants (as llama.cpp's 500 says)."""
+
+    def respond(request: Any) -> Reply:
+        wanted = request.body.get("response_format")
+        name = "prompt" if wanted is None else wanted["type"]
+        if name == "json_object" and "schema" in wanted:
+            name = "json_object+schema"
+        if name not in accepted:
+            return error_reply(500, LLAMACPP_FORMAT_ERROR, kind="internal_server_error")
+        return analysis_reply(request)
+
+    return respond
+
+
+def test_openai__asks_for_the_analysis_schema_itself(
+    mock_openai: MockOpenAI, provider: OpenAIProvider
+) -> None:
+    provider.analyze(TEXT)
+    [request] = mock_openai.requests
+    assert request.body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "chunk_analysis", "schema": ANALYSIS_SCHEMA, "strict": True},
+    }
+
+
+@pytest.mark.parametrize(
+    ("accepted", "settles_on"),
+    [
+        (("json_object+schema", "json_object"), "json_object+schema"),
+        (("json_object",), "json_object"),
+        (("prompt",), "prompt"),
+    ],
+)
+def test_openai__rejected_format_falls_back_once_and_is_remembered(
+    mock_openai: MockOpenAI, provider: OpenAIProvider, accepted: tuple[str, ...], settles_on: str
+) -> None:
+    mock_openai.fallback = only_formats(*accepted)
+    first = provider.analyze(TEXT)
+    assert provider.response_format == settles_on
+    tried = mock_openai.total_requests
+    assert tried == 1 + FORMATS.index(settles_on)
+    second = provider.analyze(TEXT)
+    assert first == second and mock_openai.total_requests == tried + 1  # remembered
+    last = mock_openai.requests[-1].body
+    if settles_on == "prompt":
+        assert "response_format" not in last
+    elif settles_on == "json_object+schema":
+        assert last["response_format"] == {"type": "json_object", "schema": ANALYSIS_SCHEMA}
+
+
+def test_openai__a_500_that_does_not_name_the_format_is_no_fallback(
+    mock_openai: MockOpenAI, provider: OpenAIProvider
+) -> None:
+    mock_openai.serve(server_error(500))
+    assert type(failure(provider)) is ProviderUnavailable
+    assert provider.response_format == "json_schema"
 
 
 # --- error classification -----------------------------------------------------------------
@@ -201,7 +320,9 @@ def test_openai__retryable_statuses_raise_retryable_error(
 ) -> None:
     mock_openai.serve(error_reply(status, "try again later", kind="server_error"))
     error = failure(provider)
-    assert type(error) is RetryableError
+    # 5xx says the provider is down: retried, and counted by the circuit breaker.
+    assert type(error) is (ProviderUnavailable if status >= 500 else RetryableError)
+    assert error.unavailable == (status >= 500)
     assert str(error) == f"HTTP {status}: try again later (type=server_error)"
 
 
@@ -282,7 +403,7 @@ def test_openai__html_error_body_gives_status_and_its_first_200_chars(
 ) -> None:
     mock_openai.serve(error_reply(502, "502 Bad Gateway " + "padding " * 50, "html"))
     error = failure(provider)
-    assert type(error) is RetryableError
+    assert type(error) is ProviderUnavailable
     message = str(error)
     assert message.startswith("HTTP 502: <html><head><title>502</title>")
     assert "502 Bad Gateway" in message and len(message) == len("HTTP 502: ") + 200
@@ -355,13 +476,13 @@ def test_openai__unreadable_retry_after_is_ignored(
 # --- transport failures -------------------------------------------------------------------
 
 
-def test_openai__connection_refused_is_retryable() -> None:
+def test_openai__connection_refused_is_provider_unavailable() -> None:
     with OpenAIProvider(f"http://127.0.0.1:{free_port()}/v1", None, "m") as provider:
         error = failure(provider)
-    assert type(error) is RetryableError and "ConnectError" in str(error)
+    assert type(error) is ProviderUnavailable and "ConnectError" in str(error)
 
 
-def test_openai__read_timeout_is_retryable(mock_openai: MockOpenAI) -> None:
+def test_openai__read_timeout_is_retryable_but_not_unavailable(mock_openai: MockOpenAI) -> None:
     mock_openai.latency_s = 30.0  # cut short when the mock closes
     with OpenAIProvider(mock_openai.base_url, None, "m", timeout_read=0.2) as provider:
         started = time.monotonic()
@@ -370,12 +491,12 @@ def test_openai__read_timeout_is_retryable(mock_openai: MockOpenAI) -> None:
     assert type(error) is RetryableError and "ReadTimeout" in str(error)
 
 
-def test_openai__dropped_connection_is_retryable(
+def test_openai__dropped_connection_is_provider_unavailable(
     mock_openai: MockOpenAI, provider: OpenAIProvider
 ) -> None:
     mock_openai.serve(disconnect())
     error = failure(provider)
-    assert type(error) is RetryableError and "RemoteProtocolError" in str(error)
+    assert type(error) is ProviderUnavailable and "RemoteProtocolError" in str(error)
     assert provider.analyze(TEXT)["summary"]  # the pool recovers
 
 
@@ -445,14 +566,18 @@ def test_openai__bad_request_that_is_not_an_overflow_is_not_split(
 # --- configuration ------------------------------------------------------------------------
 
 
-def test_openai__prompt_file_override_is_used(
-    mock_openai: MockOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_openai__prompt_file_override_is_used(mock_openai: MockOpenAI, tmp_path: Path) -> None:
     template = 'Return JSON like {"summary": "..."} for:\n{text}\n(end)'
     path = tmp_path / "prompt.txt"
     path.write_text(template, encoding="utf-8")
-    monkeypatch.setenv("CHUNKQ_PROMPT_FILE", str(path))
-    settings = Settings(provider="openai", openai_base_url=mock_openai.base_url, model="m1")
+    settings = Settings.from_env(
+        {
+            "CHUNKQ_PROVIDER": "openai",
+            "OPENAI_BASE_URL": mock_openai.base_url,
+            "CHUNKQ_MODEL": "m1",
+            "CHUNKQ_PROMPT_FILE": str(path),
+        }
+    )
     provider = provider_from_settings(settings)
     assert isinstance(provider, OpenAIProvider)
     try:
@@ -464,17 +589,15 @@ def test_openai__prompt_file_override_is_used(
     assert request.body["model"] == "m1" and "authorization" not in request.headers
 
 
-def test_openai__prompt_file_without_placeholder_is_rejected(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_openai__prompt_files_without_their_placeholder_are_rejected(tmp_path: Path) -> None:
     path = tmp_path / "prompt.txt"
     path.write_text("Analyse this text as JSON.", encoding="utf-8")
-    monkeypatch.setenv("CHUNKQ_PROMPT_FILE", str(path))
-    with pytest.raises(ValueError, match=r"\{text\}"):
-        provider_from_settings(Settings(provider="openai"))
-    monkeypatch.setenv("CHUNKQ_PROMPT_FILE", str(tmp_path / "missing.txt"))
+    with pytest.raises(ValueError, match=r"CHUNKQ_PROMPT_FILE=.*\{text\}"):
+        provider_from_settings(Settings(provider="openai", prompt_file=str(path)))
+    with pytest.raises(ValueError, match=r"CHUNKQ_REDUCE_PROMPT_FILE=.*\{sections\}"):
+        provider_from_settings(Settings(provider="openai", reduce_prompt_file=str(path)))
     with pytest.raises(ValueError, match="cannot be read"):
-        provider_from_settings(Settings(provider="openai"))
+        provider_from_settings(Settings(provider="openai", prompt_file=str(tmp_path / "no")))
 
 
 def test_openai__registered_as_a_provider(mock_openai: MockOpenAI) -> None:
@@ -596,7 +719,7 @@ def test_worker__500_then_success_completes_with_one_error_logged(
     row = job_row(db, job_id)
     assert row["status"] == "COMPLETED"
     [(seq, attempt, error_class, error, _)] = attempts_logged(db)
-    assert (seq, attempt, error_class) == (0, 1, "RetryableError")
+    assert (seq, attempt, error_class) == (0, 1, "ProviderUnavailable")
     assert error.startswith("HTTP 500: The server had an error")
     assert chunk_rows(db, job_id)[0]["attempts"] == 2
     [entry] = row["analysis_result"]["chunks"]
@@ -686,19 +809,71 @@ def test_reduce__failure_is_reported_and_keeps_every_chunk_result(
     assert row["chunks_completed"] == 1
 
 
-def test_reduce__input_is_cut_to_the_budget_keeping_every_part_in_order() -> None:
-    from workerd.providers.openai import _reduce_input
-
-    analyses = [
-        {"index": i, "result": {"summary": f"summary {i} " + "x" * 500, "key_points": ["p"]}}
-        for i in range(20)
+def reduce_inputs(n: int, chars: int = 500) -> list[dict[str, Any]]:
+    return [
+        {
+            "index": i,
+            "start": i * chars,
+            "end": (i + 1) * chars,
+            "result": {"summary": f"summary {i} " + "x" * chars, "key_points": [f"p{i}"]},
+        }
+        for i in range(n)
     ]
-    sections, truncated = _reduce_input(analyses, 4000)
-    assert truncated and len(sections) <= 4000 + 20 * 40
-    positions = [sections.index(f"summary {i} ") for i in range(20)]
-    assert positions == sorted(positions)
-    small, cut = _reduce_input(analyses[:2], 100_000)
-    assert not cut and "Key points: p" in small
+
+
+def test_reduce__analyses_over_the_budget_are_reduced_in_a_tree_in_order(
+    mock_openai: MockOpenAI,
+) -> None:
+    with OpenAIProvider(mock_openai.base_url, None, "m", reduce_budget_chars=4000) as provider:
+        result = provider.reduce(reduce_inputs(20))
+    requests = [r.user_text for r in mock_openai.requests]
+    *groups, top = requests
+    assert len(groups) == 3 and result["calls"] == 4 and result["levels"] == 2
+    assert result["chunks"] == 20 and result["truncated"] is False
+    # Every leaf went to exactly one group call, in order, and the top call saw the groups.
+    seen = [i for g in groups for i in range(20) if f"summary {i} " in g]
+    assert seen == list(range(20))
+    assert all(len(g) < 4000 + len(REDUCE_PROMPT) for g in groups)
+    assert top.index("<part index=g0>") < top.index("<part index=g1>") < top.index("g2>")
+    assert result["usage"]["total_tokens"] == sum(r["usage"]["total_tokens"] for r in [result]) > 0
+
+
+def test_reduce__a_group_the_context_cannot_hold_is_halved(mock_openai: MockOpenAI) -> None:
+    limit = len(REDUCE_PROMPT) + 1500
+    mock_openai.fallback = context_limit(limit, "llamacpp")
+    with OpenAIProvider(mock_openai.base_url, None, "m") as provider:
+        result = provider.reduce(reduce_inputs(8, 300))
+    answered = [r.user_text for r in mock_openai.requests if len(r.user_text) <= limit]
+    assert result["summary"] and result["calls"] == len(mock_openai.requests)
+    # Every leaf reached the model in some answered call.
+    assert all(any(f"summary {i} " in t for t in answered) for i in range(8))
+    assert result["truncated"] is False
+
+
+def test_reduce__a_single_part_that_overflows_alone_is_shortened(mock_openai: MockOpenAI) -> None:
+    limit = len(REDUCE_PROMPT) + 400
+    mock_openai.fallback = context_limit(limit)
+    with OpenAIProvider(mock_openai.base_url, None, "m") as provider:
+        result = provider.reduce(reduce_inputs(1, 2000))
+    assert result["truncated"] is True and result["summary"]
+    assert len(mock_openai.requests[-1].user_text) <= limit
+
+
+def test_reduce__prompt_file_sets_the_reduce_prompt(
+    mock_openai: MockOpenAI, tmp_path: Path
+) -> None:
+    path = tmp_path / "reduce.txt"
+    path.write_text("Merge these, as JSON:\n{sections}\n", encoding="utf-8")
+    settings = Settings(
+        provider="openai", openai_base_url=mock_openai.base_url, reduce_prompt_file=str(path)
+    )
+    provider = provider_from_settings(settings)
+    try:
+        provider.reduce(reduce_inputs(2, 10))  # type: ignore[attr-defined]
+    finally:
+        provider.close()  # type: ignore[attr-defined]
+    [request] = mock_openai.requests
+    assert request.user_text.startswith("Merge these, as JSON:\n<part index=0>")
 
 
 @pytest.mark.slow

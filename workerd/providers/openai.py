@@ -1,98 +1,48 @@
 """The ``openai`` provider: chunk analysis by any OpenAI-compatible chat-completions server.
 
-Speaks to OpenAI and to the servers that copy its API (vLLM, Ollama, llama.cpp, LiteLLM).
-HTTP failures are classified as OpenAI's and Anthropic's Python SDKs do (``classify``), so
-the worker retries what another attempt can fix and fails the rest at once. A chunk the
-model's context cannot hold is split in two at a natural boundary (``analyze``).
+Speaks to OpenAI and to the servers that copy its API (vLLM, Ollama, llama.cpp, LiteLLM):
+
+- asks for the analysis schema as structured output, falling back to simpler formats when
+  a server rejects one, and checks every reply against the schema (``replies``);
+- splits a chunk the model's context cannot hold, keeping the pieces that succeeded;
+- reduces a document in a tree when its analyses do not fit one call;
+- bounds every call by its attempt's deadline, and lets the worker cut a call off.
 """
 
 from __future__ import annotations
 
 import functools
-import json
+import hashlib
 import logging
 import math
-import re
-from collections import Counter
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
-from pathlib import Path
+import threading
 from typing import Any
 
 import httpx
 
-from web.chunking import split_text
-from workerd.providers.base import PermanentError, ProviderError, RetryableError
+from schema.chunking import split_text
+from workerd.providers.abortable import AbortableTransport, abort_thread, forget_thread
+from workerd.providers.base import Call, ContextOverflow, InvalidReply, ProviderError
+from workerd.providers.classify import FormatRejected, classify, transport_error
+from workerd.providers.completions import Completion, from_body, from_events
+from workerd.providers.merging import combine, summarize, usage_of
+from workerd.providers.prompts import DEFAULT_PROMPT, REDUCE_PROMPT, SYSTEM_PROMPT
+from workerd.providers.replies import ANALYSIS_SCHEMA, SCHEMA_NAME, BadReply, parse_reply, quote
 
 log = logging.getLogger("workerd.openai")
 
-SENTIMENTS = ("positive", "negative", "neutral", "mixed")
-MAX_SPLIT_DEPTH = 4
+MAX_SPLIT_DEPTH = 6
 MIN_SPLIT_CHARS = 50
-SUMMARY_KEY_POINTS = 20
-_QUOTE_CHARS = 200  # of a reply or body we cannot read
-_MESSAGE_CHARS = 1000  # of a server's error message
-
-SYSTEM_PROMPT = (
-    "You are a careful text analyst. Reply with one JSON object and nothing else: "
-    "no prose, no code fences."
-)
-# The user message; ``{text}`` is replaced by the chunk (plain replacement, not str.format,
-# so a custom template may show literal JSON braces). CHUNKQ_PROMPT_FILE overrides it.
-DEFAULT_PROMPT = """\
-Analyse the text between <chunk> and </chunk>. Reply with a JSON object with these keys:
-- "summary": one to three sentences summarising the text, in the text's language
-- "sentiment": the overall sentiment, one of "positive", "negative", "neutral", "mixed"
-- "sentiment_score": a number from -1 (most negative) to 1 (most positive)
-- "key_points": a list of short strings, the main points in the order they appear
-
-<chunk>
-{text}
-</chunk>"""
-
-# The reduce step's user message; ``{sections}`` is replaced by the ordered chunk analyses.
-REDUCE_PROMPT = """\
-Below are analyses of consecutive parts of one document, in order. Combine them into an
-analysis of the whole document. Reply with a JSON object with these keys:
-- "summary": three to six sentences summarising the whole document, in its language
-- "sentiment": the overall sentiment, one of "positive", "negative", "neutral", "mixed"
-- "sentiment_score": a number from -1 (most negative) to 1 (most positive)
-- "key_points": a list of short strings, the document's main points in order
-
-{sections}"""
-REDUCE_BUDGET_CHARS = 24_000  # about 6,000 tokens of input
-
-# What servers say when the input does not fit the model's context (OpenAI, vLLM, llama.cpp,
-# Ollama, TGI, Anthropic-style proxies); matched against the message, type and code.
-_OVERFLOW = re.compile(
-    r"context[ _-]length|maximum context|context window|too many tokens|input is too long"
-    r"|prompt is too long|exceeds? the model'?s? (?:maximum )?context|exceed_context_size"
-    r"|exceeds the available context size|input length exceeds",
-    re.IGNORECASE,
-)
-_QUOTA = re.compile(r"insufficient_quota", re.IGNORECASE)
-_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
-
+REDUCE_BUDGET_CHARS = 24_000  # at most this much input per reduce call (~6,000 tokens)
+MAX_REDUCE_DEPTH = 12
+# Structured-output formats, best first: OpenAI/vLLM/Ollama take json_schema; llama.cpp's
+# server takes a schema inside json_object; then any JSON; then the prompt alone.
+FORMATS = ("json_schema", "json_object+schema", "json_object", "prompt")
+# The sampling of the one extra try after a reply that fails the schema.
+RETRY_TEMPERATURE = 0.7
 
 # Building an SSL context (loading the CA bundle) takes ~0.1 s; one is shared by every client.
 _ssl_context = functools.cache(httpx.create_ssl_context)
-
-
-class ContextOverflow(PermanentError):
-    """The server said the input is too long for the model; permanent unless split."""
-
-
-def load_prompt_template(path: str | None) -> str | None:
-    """The user-prompt template in file ``path`` (None for none); it must contain ``{text}``."""
-    if not path:
-        return None
-    try:
-        template = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ValueError(f"CHUNKQ_PROMPT_FILE={path!r} cannot be read: {exc}") from exc
-    if "{text}" not in template:
-        raise ValueError(f"CHUNKQ_PROMPT_FILE={path!r} must contain the placeholder {{text}}")
-    return template
 
 
 class OpenAIProvider:
@@ -112,8 +62,10 @@ class OpenAIProvider:
         model: str = "gpt-4o-mini",
         *,
         timeout_connect: float = 5.0,
-        timeout_read: float = 120.0,
+        timeout_read: float | None = None,
+        attempt_timeout_s: float = 300.0,
         prompt_template: str | None = None,
+        reduce_template: str | None = None,
         max_tokens: int = 1024,
         retry_after_cap_s: float = 300.0,
         max_split_depth: int = MAX_SPLIT_DEPTH,
@@ -125,6 +77,8 @@ class OpenAIProvider:
             raise ValueError(f"OPENAI_BASE_URL must be an http(s) URL, got {base_url!r}")
         if prompt_template is not None and "{text}" not in prompt_template:
             raise ValueError("the prompt template must contain the placeholder {text}")
+        if reduce_template is not None and "{sections}" not in reduce_template:
+            raise ValueError("the reduce template must contain the placeholder {sections}")
         if not model:
             raise ValueError("CHUNKQ_MODEL must name a model")
         if max_tokens < 1 or max_split_depth < 0:
@@ -132,24 +86,30 @@ class OpenAIProvider:
         self.base_url = str(url)
         self.model = model
         self.max_tokens = max_tokens
+        self.timeout_connect = timeout_connect
+        self.timeout_read = timeout_read
+        self.attempt_timeout_s = attempt_timeout_s
         self.retry_after_cap_s = retry_after_cap_s
         self.max_split_depth = max_split_depth
         self.reduce_budget_chars = reduce_budget_chars
         self.prompt_template = prompt_template or DEFAULT_PROMPT
+        self.reduce_template = reduce_template or REDUCE_PROMPT
         headers = {"User-Agent": "chunkq"}
         if api_key and api_key.strip():  # Ollama and vLLM run without one
             headers["Authorization"] = f"Bearer {api_key.strip()}"
         self._client = httpx.Client(
             headers=headers,
-            # connect bounds the TCP/TLS handshake; read/write/pool each wait up to timeout_read.
-            timeout=httpx.Timeout(timeout_read, connect=timeout_connect),
             # No cap on connections: the worker's concurrency (and any provider cap) bounds
             # them; idle ones are kept for reuse.
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-            verify=_ssl_context(),
-            transport=transport,
+            transport=transport or AbortableTransport(verify=_ssl_context()),
         )
         self._endpoint = f"{self.base_url}/chat/completions"
+        # The circuit breaker's key: workers calling the same server share one circuit.
+        self.endpoint = f"openai {self.base_url} {self.model}"
+        # Index into FORMATS of the best format this server accepted; only moves forward.
+        self._format = 0
+        self._format_lock = threading.Lock()
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -161,386 +121,336 @@ class OpenAIProvider:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def response_format(self) -> str:
+        """The structured-output format requests use now (one of FORMATS)."""
+        return FORMATS[self._format]
+
+    # -- the server ----------------------------------------------------------------------
+
+    def check_server(self) -> list[str]:
+        """Ask ``GET /models`` which models the server serves; warnings for the operator.
+
+        Servers that serve one model often answer any name with it (llama.cpp echoes the
+        name asked for), so this is the only place a wrong CHUNKQ_MODEL shows.
+        """
+        try:
+            response = self._client.get(
+                f"{self.base_url}/models", timeout=httpx.Timeout(5.0, connect=3.0)
+            )
+        except httpx.HTTPError as exc:
+            return [f"cannot list the models at {self.base_url}/models: {exc!r}"]
+        if response.status_code == 404:
+            return []  # the server has no model list; nothing to check against
+        try:
+            ids = [str(m["id"]) for m in response.json()["data"]]
+        except (ValueError, LookupError, TypeError):
+            return [f"GET {self.base_url}/models answered {response.status_code}, not a list"]
+        if self.model not in ids:
+            served = ", ".join(ids[:10]) or "none"
+            return [
+                f"CHUNKQ_MODEL={self.model!r} is not among the models {self.base_url} serves"
+                f" ({served}); replies may come from another model"
+            ]
+        return []
+
     # -- one chunk -----------------------------------------------------------------------
 
-    def analyze(self, text: str) -> dict[str, Any]:
-        """The model's analysis of one chunk, or a RetryableError / PermanentError.
+    def analyze(self, text: str, call: Call | None = None) -> dict[str, Any]:
+        """The model's analysis of one chunk.
 
-        If the server says the chunk overflows the model's context, the chunk is cut in two
-        at its best natural boundary and each piece is analysed (recursively, up to
-        ``max_split_depth`` levels, one piece after the other). The result then combines the
-        pieces and lists them in ``parts``: ``[{"start", "end", **piece_result}, ...]`` in
-        order, offsets relative to the chunk, tiling it (``text[start:end]`` is the piece).
+        A chunk whose prompt and reply do not fit the model's context (an HTTP 400, or a
+        reply cut off below ``max_tokens``) is cut in two at its best natural boundary and
+        each piece is analysed, recursively, up to ``max_split_depth`` levels. The result
+        then combines the pieces and lists them in ``parts`` (offsets relative to the chunk,
+        tiling it). Pieces finished by an earlier attempt (``call.parts``) are not asked
+        again; pieces this attempt finishes go to ``call.finished``, so a failure keeps them.
         """
-        pieces = self._analyze_pieces(text, 0, 0)
-        if len(pieces) == 1:
-            return pieces[0][2]
-        return _combine(pieces)
+        call = call or Call(self.attempt_timeout_s)
+        done = {(p["start"], p["end"]): p for p in call.parts}
+        pieces = self._pieces(text, 0, 0, done, call)
+        if len(pieces) == 1 and not done:
+            return {k: v for k, v in pieces[0].items() if k not in ("start", "end")}
+        return combine(pieces)
 
-    def _analyze_pieces(
-        self, text: str, offset: int, depth: int
-    ) -> list[tuple[int, int, dict[str, Any]]]:
-        """Analyse ``text`` (which starts at ``offset`` in the chunk) as one or more pieces."""
-        try:
-            return [(offset, offset + len(text), self._complete(text))]
-        except ContextOverflow as exc:
-            if len(text) < MIN_SPLIT_CHARS or depth >= self.max_split_depth:
-                raise ContextOverflow(
-                    f"{exc.message} [a piece of {len(text)} chars still overflows after "
-                    f"{depth} split(s); giving up]"
-                ) from exc
+    def _pieces(
+        self,
+        text: str,
+        offset: int,
+        depth: int,
+        done: dict[tuple[int, int], dict[str, Any]],
+        call: Call,
+    ) -> list[dict[str, Any]]:
+        """Analyse ``text`` (at ``offset`` in the chunk) as one or more pieces."""
+        span = (offset, offset + len(text))
+        if span in done:
+            return [done[span]]
+        # A finished piece inside this span means an earlier attempt split it already.
+        split_before = any(span[0] <= s and e <= span[1] for s, e in done)
+        if not split_before:
+            try:
+                result = self._ask(self.prompt_template.replace("{text}", text), call)
+            except ContextOverflow as exc:
+                if len(text) < MIN_SPLIT_CHARS or depth >= self.max_split_depth:
+                    raise ContextOverflow(
+                        f"{exc.message} [a piece of {len(text)} chars still overflows after "
+                        f"{depth} split(s); giving up]"
+                    ) from exc
+            else:
+                piece = {"start": span[0], "end": span[1], **result}
+                call.finished.append(piece)
+                return [piece]
         # The first chunk split_text would make at half the size: the best boundary between
         # a quarter and a half of the text.
         cut = split_text(text, math.ceil(len(text) / 2))[0][1]
         log.info("%d chars overflow the model's context; splitting at %d", len(text), cut)
-        return self._analyze_pieces(text[:cut], offset, depth + 1) + self._analyze_pieces(
-            text[cut:], offset + cut, depth + 1
+        return self._pieces(text[:cut], offset, depth + 1, done, call) + self._pieces(
+            text[cut:], offset + cut, depth + 1, done, call
         )
-
-    def _complete(self, text: str) -> dict[str, Any]:
-        """One chat-completions call for ``text``, parsed and validated."""
-        return self._chat(self.prompt_template.replace("{text}", text))
-
-    def _chat(self, user_content: str) -> dict[str, Any]:
-        """One chat-completions call with this user message, parsed and validated."""
-        payload = {
-            "model": self.model,
-            "messages": [
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": user_content},
-            ],
-            "response_format": {"type": "json_object"},
-            "temperature": 0,
-            "max_tokens": self.max_tokens,
-        }
-        try:
-            response = self._client.post(self._endpoint, json=payload)
-        except httpx.HTTPError as exc:  # timeouts, refused, reset, DNS, protocol errors
-            raise RetryableError(f"{type(exc).__name__} calling {self._endpoint}: {exc}") from exc
-        if not response.is_success:
-            raise classify(response, retry_after_cap_s=self.retry_after_cap_s)
-        return self._parse(response)
-
-    def _parse(self, response: httpx.Response) -> dict[str, Any]:
-        try:
-            body = response.json()
-            choice = body["choices"][0]
-            content = choice["message"].get("content")
-            finish_reason = choice.get("finish_reason")
-        except (ValueError, LookupError, TypeError, AttributeError) as exc:
-            raise RetryableError(
-                f"malformed chat-completions reply: {_quote(response.text)}"
-            ) from exc
-        if finish_reason == "length":
-            raise RetryableError("reply cut off at max_tokens (finish_reason=length)")
-        analysis = parse_analysis(content, finish_reason)
-        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-        return {
-            **analysis,
-            "model": body.get("model") or self.model,
-            "finish_reason": finish_reason,
-            "usage": _usage(usage),
-        }
 
     # -- the document --------------------------------------------------------------------
 
-    def reduce(self, analyses: list[dict[str, Any]]) -> dict[str, Any]:
-        """One more call that turns the ordered chunk analyses into a document-level analysis.
+    def reduce(self, analyses: list[dict[str, Any]], call: Call | None = None) -> dict[str, Any]:
+        """A document-level analysis from the ordered chunk analyses, in a tree of calls.
 
-        The input is each chunk's summary and key points, in order, within
-        ``reduce_budget_chars`` (about four characters a token): when they do not fit, each
-        chunk keeps an equal share, key points dropped first, and ``truncated`` says so.
+        The leaves are the chunks' summaries and key points, grouped in order so that each
+        group fits ``reduce_budget_chars``; each group is reduced, then the groups' results
+        are reduced the same way, until one remains. A group the model's context cannot
+        hold is halved; a single part that alone overflows is shortened (``truncated``).
         """
-        sections, truncated = _reduce_input(analyses, self.reduce_budget_chars)
-        result = self._chat(REDUCE_PROMPT.replace("{sections}", sections))
-        return {**result, "chunks": len(analyses), "truncated": truncated}
+        call = call or Call(self.attempt_timeout_s)
+        leaves = [_section(a.get("index"), a.get("result") or {}) for a in analyses]
+        tree = _Tree()
+        level = leaves
+        while True:
+            results = [self._reduce_group(g, 0, call, tree) for g in self._groups(level)]
+            tree.levels += 1
+            if len(results) == 1:
+                break
+            level = [_section(f"g{i}", r) for i, r in enumerate(results)]
+        top = results[0]
+        return {
+            **top,
+            "usage": tree.usage,
+            "chunks": len(analyses),
+            "levels": tree.levels,
+            "calls": tree.calls,
+            "truncated": tree.truncated,
+        }
+
+    def _groups(self, sections: list[str]) -> list[list[str]]:
+        """Consecutive sections, as few groups as fit the budget (at least one per group)."""
+        groups: list[list[str]] = [[]]
+        size = 0
+        for section in sections:
+            if groups[-1] and size + len(section) > self.reduce_budget_chars:
+                groups.append([])
+                size = 0
+            groups[-1].append(section)
+            size += len(section) + 1
+        return groups
+
+    def _reduce_group(
+        self, sections: list[str], depth: int, call: Call, tree: _Tree
+    ) -> dict[str, Any]:
+        try:
+            tree.calls += 1
+            result = self._ask(
+                self.reduce_template.replace("{sections}", "\n".join(sections)), call
+            )
+            tree.add(result)
+            return result
+        except ContextOverflow:
+            if depth >= MAX_REDUCE_DEPTH:
+                raise
+        if len(sections) > 1:
+            half = len(sections) // 2
+            parts = [
+                self._reduce_group(sections[:half], depth + 1, call, tree),
+                self._reduce_group(sections[half:], depth + 1, call, tree),
+            ]
+            return self._reduce_group(
+                [_section(f"h{i}", r) for i, r in enumerate(parts)], depth + 1, call, tree
+            )
+        tree.truncated = True
+        [section] = sections
+        return self._reduce_group([_shorten(section)], depth + 1, call, tree)
 
     def summarize(self, results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
         """Chunk count, length-weighted sentiment, first key points, token totals, summaries."""
-        results = [(n, r) for n, r in results if isinstance(r, dict)]
-        points = [r.get("key_points") for _, r in results]
+        return summarize(results)
+
+    # -- one request ---------------------------------------------------------------------
+
+    def _ask(self, user_content: str, call: Call) -> dict[str, Any]:
+        """One analysis for this user message: a schema-valid reply, or an error.
+
+        A reply that fails the schema is asked once more with a changed sampling (at
+        temperature 0 the same request gives the same reply); a second bad reply fails the
+        chunk for good, as InvalidReply quoting it.
+        """
+        try:
+            return self._complete(user_content, call, retry=False)
+        except BadReply as first:
+            log.info("reply failed the schema (%s); asking once more", first.reason)
+            try:
+                return self._complete(user_content, call, retry=True)
+            except BadReply as second:
+                same = " (the same reply again)" if second.reply == first.reply else ""
+                raise InvalidReply(
+                    f"invalid reply twice{same}: {second.reason}: {quote(second.reply)}"
+                ) from second
+
+    def _complete(self, user_content: str, call: Call, *, retry: bool) -> dict[str, Any]:
+        """One chat-completions request, in the best format the server accepts."""
+        while True:
+            index = self._format
+            payload: dict[str, Any] = {
+                "model": self.model,
+                "messages": [
+                    {"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": user_content},
+                ],
+                "temperature": RETRY_TEMPERATURE if retry else 0,
+                "max_tokens": self.max_tokens,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+            if retry:
+                payload["seed"] = int(hashlib.sha256(user_content.encode()).hexdigest()[:8], 16)
+            response_format = _response_format(FORMATS[index])
+            if response_format is not None:
+                payload["response_format"] = response_format
+            try:
+                return self._parse(self._post(payload, call))
+            except FormatRejected as exc:
+                if not self._fall_back(index, exc):
+                    raise
+
+    def _fall_back(self, index: int, exc: ProviderError) -> bool:
+        """Move on from format ``index`` after the server rejected it; False at the last."""
+        with self._format_lock:
+            if self._format == index:
+                if index + 1 >= len(FORMATS):
+                    return False
+                self._format = index + 1
+                log.warning(
+                    "%s rejected response_format %s (%s); using %s from now on",
+                    self.base_url,
+                    FORMATS[index],
+                    exc.message[:200],
+                    FORMATS[index + 1],
+                )
+        return True
+
+    def _post(self, payload: dict[str, Any], call: Call) -> Completion:
+        """POST within the call's deadline; the worker's abort shuts the connection down.
+
+        The reply is read piece by piece and the deadline checked between pieces, so a server
+        that trickles bytes is cut off on time (httpx's own read timeout is per read).
+        """
+        call.check()
+        left = call.remaining()
+        read = left if self.timeout_read is None else min(self.timeout_read, left)
+        timeout = httpx.Timeout(read, connect=min(self.timeout_connect, left))
+        ident = threading.get_ident()
+
+        def abort() -> None:
+            abort_thread(ident)
+
+        try:
+            with (
+                call.abortable(abort),
+                self._client.stream(
+                    "POST", self._endpoint, json=payload, timeout=timeout
+                ) as response,
+            ):
+                kind = response.headers.get("content-type", "")
+                if response.is_success and kind.startswith("text/event-stream"):
+                    return from_events(response.iter_raw(), call.check)
+                body = bytearray()
+                for piece in response.iter_raw():
+                    body += piece
+                    call.check()
+                if not response.is_success:
+                    plain = httpx.Response(
+                        response.status_code,
+                        headers=response.headers,
+                        content=bytes(body),
+                        request=response.request,
+                    )
+                    raise classify(plain, retry_after_cap_s=self.retry_after_cap_s)
+                return from_body(bytes(body))
+        except httpx.HTTPError as exc:  # timeouts, refused, reset, DNS, protocol errors
+            call.check()  # cut off by the deadline or the worker: say so, not "read error"
+            raise transport_error(exc, self._endpoint) from exc
+        finally:
+            forget_thread(ident)
+
+    def _parse(self, reply: Completion) -> dict[str, Any]:
+        """The analysis in a reply; ContextOverflow when it was cut off for lack of room."""
+        usage = reply.usage
+        if reply.finish_reason == "length":
+            got = usage["completion_tokens"]
+            if got < self.max_tokens:
+                # The server gave the reply less room than max_tokens (llama.cpp does so when
+                # prompt + max_tokens exceed its context): the prompt must shrink.
+                raise ContextOverflow(
+                    f"reply cut off after {got} tokens of max_tokens={self.max_tokens}"
+                    f" (prompt {usage['prompt_tokens']} tokens): prompt and reply exceed the"
+                    " model's context"
+                )
+            raise BadReply(
+                f"reply cut off at max_tokens={self.max_tokens} (raise CHUNKQ_MAX_TOKENS)",
+                reply.content,
+            )
+        analysis = parse_reply(reply.content)
         return {
-            "chunks": len(results),
-            "sentiment": _merge_sentiment(results),
-            "key_points": _dedupe(
-                [p for ps in points if isinstance(ps, list) for p in ps], SUMMARY_KEY_POINTS
-            ),
-            "usage": _sum_usage([r.get("usage") or {} for _, r in results]),
-            "summaries": [r.get("summary", "") for _, r in results],
+            **analysis,
+            "model": reply.model or self.model,
+            "finish_reason": reply.finish_reason,
+            "usage": usage,
         }
 
 
-# -- errors --------------------------------------------------------------------------------
+class _Tree:
+    """What one reduce did: calls, levels, tokens, and whether any input was shortened."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.levels = 0
+        self.truncated = False
+        self.usage = usage_of({})
+
+    def add(self, result: dict[str, Any]) -> None:
+        for key, value in usage_of(result.get("usage")).items():
+            self.usage[key] += value
 
 
-def classify(response: httpx.Response, *, retry_after_cap_s: float = 300.0) -> ProviderError:
-    """The exception for a non-2xx reply: RetryableError or PermanentError (or ContextOverflow).
-
-    Retryable: 408, 409, 429 and 5xx; permanent: everything else, and a 429 whose error
-    type or code is ``insufficient_quota`` (no wait fixes billing). An ``x-should-retry:
-    true|false`` header from the server overrides both. A context overflow (4xx whose text
-    says the input is too long) is ContextOverflow, which ``analyze`` splits.
-    """
-    status = response.status_code
-    message, kind, code, param = _error_fields(response)
-    extras = ", ".join(
-        f"{k}={v}" for k, v in (("type", kind), ("code", code), ("param", param)) if v
-    )
-    text = f"HTTP {status}: {message}" + (f" ({extras})" if extras else "")
-    should_retry = response.headers.get("x-should-retry", "").strip().lower()
-    haystack = " ".join(str(v) for v in (message, kind, code) if v)
-    if should_retry in ("true", "false"):
-        retryable = should_retry == "true"
-    elif status == 429 and _QUOTA.search(haystack):
-        retryable = False
-    else:
-        retryable = status in (408, 409, 429) or status >= 500
-    if retryable:
-        return RetryableError(text, retry_after=retry_after(response.headers, retry_after_cap_s))
-    if status in (400, 413, 422) and _OVERFLOW.search(haystack):
-        return ContextOverflow(text)
-    return PermanentError(text)
+def _response_format(name: str) -> dict[str, Any] | None:
+    if name == "json_schema":
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": SCHEMA_NAME, "schema": ANALYSIS_SCHEMA, "strict": True},
+        }
+    if name == "json_object+schema":
+        return {"type": "json_object", "schema": ANALYSIS_SCHEMA}
+    if name == "json_object":
+        return {"type": "json_object"}
+    return None
 
 
-def retry_after(headers: httpx.Headers, cap_s: float) -> float | None:
-    """The server's wait hint in seconds, capped at ``cap_s``: ``retry-after-ms``, then
-    ``Retry-After`` as seconds or an HTTP date; None when absent or unreadable."""
-    seconds: float | None = None
-    try:
-        if "retry-after-ms" in headers:
-            seconds = float(headers["retry-after-ms"]) / 1000
-    except ValueError:
-        seconds = None
-    raw = headers.get("retry-after", "").strip()
-    if seconds is None and raw:
-        try:
-            seconds = float(raw)
-        except ValueError:
-            try:
-                when = parsedate_to_datetime(raw)
-            except (TypeError, ValueError, IndexError, OverflowError):
-                return None
-            if when.tzinfo is None:  # RFC 9110 dates are GMT
-                when = when.replace(tzinfo=UTC)
-            seconds = (when - datetime.now(UTC)).total_seconds()
-    if seconds is None or not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), cap_s)
+def _section(label: Any, result: dict[str, Any]) -> str:
+    """One part of the reduce prompt: an analysis's summary and key points."""
+    body = str(result.get("summary", ""))
+    if result.get("key_points"):
+        body += "\nKey points: " + "; ".join(str(p) for p in result["key_points"])
+    return f"<part index={label}>\n{body}\n</part>"
 
 
-def _error_fields(response: httpx.Response) -> tuple[str, Any, Any, Any]:
-    """(message, type, code, param) from any error-body shape servers send.
-
-    OpenAI ``{"error": {"message", "type", "param", "code"}}``, vLLM flat ``{"object":
-    "error", "message", ...}`` and nested with an integer code, llama.cpp ``{"error":
-    {"code", "message", "type"}}``, Ollama ``{"error": "..."}``, FastAPI ``{"detail": ...}``;
-    anything else (an HTML page from a proxy) is quoted.
-    """
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        error = body.get("error", body)
-        if isinstance(error, str) and error.strip():
-            return _squash(error)[:_MESSAGE_CHARS], None, None, None
-        if isinstance(error, dict):
-            message = error.get("message") or error.get("detail") or body.get("detail")
-            if message:
-                if not isinstance(message, str):
-                    message = json.dumps(message)
-                return (
-                    _squash(message)[:_MESSAGE_CHARS],
-                    error.get("type"),
-                    error.get("code"),
-                    error.get("param"),
-                )
-    text = _squash(response.text) or response.reason_phrase or "no body"
-    return text[:_QUOTE_CHARS], None, None, None
-
-
-# -- parsing and merging -------------------------------------------------------------------
-
-
-def parse_analysis(content: Any, finish_reason: Any = None) -> dict[str, Any]:
-    """Validate the model's JSON reply; coerce small slips, RetryableError on garbage."""
-    if not isinstance(content, str) or not content.strip():
-        raise RetryableError(f"reply has no text content (finish_reason={finish_reason})")
-    data = _load_json(content)
-    if not isinstance(data, dict):
-        raise RetryableError(f"reply is not a JSON object: {_quote(content)}")
-    summary = data.get("summary")
-    if not isinstance(summary, str) or not summary.strip():
-        raise RetryableError(f"reply has no string 'summary': {_quote(content)}")
-    label, score = _sentiment(data)
-    if label is None:
-        raise RetryableError(f"reply has no valid 'sentiment': {_quote(content)}")
-    points = data.get("key_points", [])
-    if isinstance(points, str):
-        points = [points]
-    if not isinstance(points, list) or not all(
-        isinstance(p, str) or (isinstance(p, int | float) and not isinstance(p, bool))
-        for p in points
-    ):
-        raise RetryableError(f"reply's 'key_points' is not a list of strings: {_quote(content)}")
-    return {
-        "summary": summary.strip(),
-        "sentiment": label,
-        "sentiment_score": score,
-        "key_points": [str(p).strip() for p in points if str(p).strip()],
-    }
-
-
-def _load_json(content: str) -> Any:
-    try:
-        return json.loads(content)
-    except ValueError:
-        pass
-    fenced = _FENCE.search(content)
-    if fenced is not None:
-        try:
-            return json.loads(fenced.group(1))
-        except ValueError:
-            pass
-    raise RetryableError(f"reply is not valid JSON: {_quote(content)}")
-
-
-def _sentiment(data: dict[str, Any]) -> tuple[str | None, float]:
-    """(label, score in [-1, 1]) from ``sentiment`` (a label, or {"label", "score"}) and
-    ``sentiment_score``; a missing half is inferred from the other, a bad label is None."""
-    raw: Any = data.get("sentiment")
-    score: Any = data.get("sentiment_score")
-    if isinstance(raw, dict):
-        raw, score = raw.get("label"), raw.get("score", score)
-    if isinstance(score, str):
-        try:
-            score = float(score)
-        except ValueError:
-            score = None
-    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
-        score = None
-    label = raw.strip().lower() if isinstance(raw, str) else None
-    if label is not None and label not in SENTIMENTS:
-        return None, 0.0
-    if label is None:
-        if score is None:
-            return None, 0.0
-        label = "positive" if score > 0.25 else "negative" if score < -0.25 else "neutral"
-    if score is None:
-        score = {"positive": 0.5, "negative": -0.5}.get(label, 0.0)
-    return label, round(min(1.0, max(-1.0, float(score))), 4)
-
-
-def _combine(pieces: list[tuple[int, int, dict[str, Any]]]) -> dict[str, Any]:
-    """One chunk result from the results of its consecutive pieces."""
-    results = [r for _, _, r in pieces]
-    sentiment = _merge_sentiment([(end - start, r) for start, end, r in pieces])
-    reasons = [r["finish_reason"] for r in results]
-    return {
-        "summary": " ".join(r["summary"] for r in results),
-        "sentiment": sentiment["label"] if sentiment else "neutral",
-        "sentiment_score": sentiment["score"] if sentiment else 0.0,
-        "key_points": [p for r in results for p in r["key_points"]],
-        "model": results[0]["model"],
-        "finish_reason": next((x for x in reasons if x != "stop"), reasons[0]),
-        "usage": _sum_usage([r["usage"] for r in results]),
-        "parts": [{"start": start, "end": end, **r} for start, end, r in pieces],
-    }
-
-
-def _merge_sentiment(results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any] | None:
-    """Length-weighted mean score and the label most results carry; None if nothing to merge.
-
-    A tie for most results between positive and negative (or involving mixed) is "mixed";
-    any other tie goes to the label covering more text.
-    """
-    scored = [
-        (max(n, 0), r["sentiment"], _number(r.get("sentiment_score")))
-        for n, r in results
-        if r.get("sentiment") in SENTIMENTS
-    ]
-    if not scored:
-        return None
-    total = sum(n for n, _, _ in scored)
-    if total > 0:
-        score = sum(n * s for n, _, s in scored) / total
-    else:
-        score = sum(s for _, _, s in scored) / len(scored)
-    counts = Counter(label for _, label, _ in scored)
-    length = Counter[str]()
-    for n, label, _ in scored:
-        length[label] += n
-    most = max(counts.values())
-    top = {x for x in counts if counts[x] == most}
-    if len(top) > 1 and ("mixed" in top or {"positive", "negative"} <= top):
-        label = "mixed"
-    else:
-        label = max(top, key=lambda x: (length[x], -SENTIMENTS.index(x)))
-    return {"label": label, "score": round(score, 4), "labels": dict(counts)}
-
-
-def _number(value: Any) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else 0.0
-
-
-def _usage(usage: dict[str, Any]) -> dict[str, int]:
-    def count(key: str) -> int:
-        value = usage.get(key)
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-    prompt, completion = count("prompt_tokens"), count("completion_tokens")
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": count("total_tokens") or prompt + completion,
-    }
-
-
-def _sum_usage(usages: list[dict[str, Any]]) -> dict[str, int]:
-    parts = [_usage(u) if isinstance(u, dict) else _usage({}) for u in usages]
-    return {key: sum(u[key] for u in parts) for key in _usage({})}
-
-
-def _dedupe(points: list[Any], limit: int) -> list[str]:
-    """The first ``limit`` distinct points, compared without case or extra whitespace."""
-    seen: set[str] = set()
-    kept: list[str] = []
-    for point in points:
-        if not isinstance(point, str):
-            continue
-        key = " ".join(point.casefold().split())
-        if key and key not in seen:
-            seen.add(key)
-            kept.append(point)
-            if len(kept) == limit:
-                break
-    return kept
-
-
-def _squash(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _quote(text: str) -> str:
-    text = _squash(text)
-    return repr(text[:_QUOTE_CHARS] + ("…" if len(text) > _QUOTE_CHARS else ""))
-
-
-def _reduce_input(analyses: list[dict[str, Any]], budget: int) -> tuple[str, bool]:
-    """The reduce prompt's sections, in order, cut to ``budget`` characters in all."""
-
-    def section(entry: dict[str, Any], points: bool, limit: int | None) -> str:
-        result = entry.get("result") or {}
-        body = str(result.get("summary", ""))
-        if points and result.get("key_points"):
-            body += "\nKey points: " + "; ".join(str(p) for p in result["key_points"])
-        if limit is not None and len(body) > limit:
-            body = body[: max(0, limit - 1)] + "…"
-        return f"<part index={entry.get('index')}>\n{body}\n</part>"
-
-    full = "\n".join(section(a, True, None) for a in analyses)
-    if len(full) <= budget:
-        return full, False
-    share = max(40, budget // max(1, len(analyses)) - 30)
-    return "\n".join(section(a, False, share) for a in analyses), True
+def _shorten(section: str) -> str:
+    """A section cut to about half its length at a word boundary, still closed by its tag."""
+    head, _, rest = section.partition("\n")
+    body = rest.removesuffix("\n</part>")
+    keep = body[: max(1, len(body) // 2)].rsplit(" ", 1)[0]
+    return f"{head}\n{keep}…\n</part>"

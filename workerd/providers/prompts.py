@@ -1,0 +1,55 @@
+"""The messages the ``openai`` provider sends: system prompt, chunk and reduce templates.
+
+Templates use plain placeholder replacement (``{text}``, ``{sections}``), not str.format, so
+a custom template may show literal JSON braces. CHUNKQ_PROMPT_FILE and
+CHUNKQ_REDUCE_PROMPT_FILE override the two defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SYSTEM_PROMPT = (
+    "You are a careful text analyst. Reply with one JSON object and nothing else: "
+    "no prose, no code fences."
+)
+
+# The user message for one chunk; ``{text}`` is replaced by the chunk.
+DEFAULT_PROMPT = """\
+Analyse the text between <chunk> and </chunk>. Reply with a JSON object with these keys:
+- "summary": one to three sentences summarising the text, in the text's language
+- "sentiment": the overall sentiment, one of "positive", "negative", "neutral", "mixed"
+- "sentiment_score": a number from -1 (most negative) to 1 (most positive)
+- "key_points": a list of at most four short strings, the main points in order
+
+<chunk>
+{text}
+</chunk>"""
+
+# The reduce step's user message; ``{sections}`` is replaced by ordered partial analyses
+# (the chunks' analyses, or at the upper levels of a reduce tree, the groups' reductions).
+REDUCE_PROMPT = """\
+Below are analyses of consecutive parts of one document, in order. Combine them into an
+analysis of the whole document. Reply with a JSON object with these keys:
+- "summary": three to six sentences summarising the whole document, in its language
+- "sentiment": the overall sentiment, one of "positive", "negative", "neutral", "mixed"
+- "sentiment_score": a number from -1 (most negative) to 1 (most positive)
+- "key_points": a list of at most four short strings, the document's main points in order
+
+{sections}"""
+
+
+def load_template(path: str | None, variable: str, placeholder: str) -> str | None:
+    """The template in file ``path`` (None when unset); it must contain ``placeholder``.
+
+    ``variable`` names the setting in errors, so a bad file is reported at worker start.
+    """
+    if not path:
+        return None
+    try:
+        template = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{variable}={path!r} cannot be read: {exc}") from exc
+    if placeholder not in template:
+        raise ValueError(f"{variable}={path!r} must contain the placeholder {placeholder}")
+    return template
