@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Double,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
@@ -119,6 +120,9 @@ class Chunk(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     error: Mapped[str | None] = mapped_column(Text)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # The pieces of a split chunk that earlier attempts finished ({"start", "end", ...result}),
+    # so a retry asks only for the rest; cleared when the chunk succeeds.
+    parts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
 
 
 class ChunkAttempt(Base):
@@ -165,6 +169,36 @@ class Reduction(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ProviderOutage(Base):
+    """A period in which a provider endpoint was unreachable: the circuit breaker's shared
+    state. A row with no ``ended_at`` is the open circuit; at most one per provider."""
+
+    __tablename__ = "provider_outages"
+    __table_args__ = (
+        Index(
+            "provider_outages_open_idx",
+            "provider",
+            unique=True,
+            postgresql_where=text("ended_at IS NULL"),
+        ),
+        # Job reports look up the outages that overlap a job's lifetime.
+        Index("provider_outages_started_at_idx", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    provider: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # Calls that failed for want of the provider while the circuit was open, and the last
+    # error they saw.
+    failures: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    probes: Mapped[int] = mapped_column(Integer, server_default="0")
+    # When the next probe call may start, and the backoff that set it.
+    probe_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    probe_delay_s: Mapped[float] = mapped_column(Double, server_default="1")
 
 
 metadata = Base.metadata

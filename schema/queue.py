@@ -25,6 +25,8 @@ from schema.errors import JobConflict, JobNotFound
 from schema.states import ChunkStatus, JobStatus
 
 NOTIFY_CHANNEL = "chunkq_work"
+# The payload that says a job was cancelled: workers check their leases at once.
+CANCEL_NOTICE = "cancel"
 # pg_advisory_xact_lock key serialising capped claims (an arbitrary constant: "chunkq").
 CAP_LOCK_KEY = 0x6368756E6B71
 
@@ -44,6 +46,8 @@ class ClaimedChunk:
     start: int
     end: int
     text: str
+    # Pieces of a split chunk that earlier attempts finished (None when not split).
+    parts: list[dict[str, Any]] | None = None
 
     @property
     def key(self) -> tuple[uuid.UUID, int]:
@@ -67,6 +71,13 @@ class Failure:
     error_class: str
     error: str
     retry_in: float | None
+    # The failure says the provider is down (refused, reset, 5xx): the circuit breaker's input.
+    unavailable: bool = False
+    # False for a failure while the provider's circuit was open: the chunk goes back to the
+    # queue with its attempt handed back, and nothing is logged against it.
+    counted: bool = True
+    # The finished pieces of a split chunk, kept for the next attempt (None: unchanged).
+    parts: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,14 +150,14 @@ WITH picked AS (
         lease_expires_at = {NOW} + make_interval(secs => %(lease)s)
     FROM picked
     WHERE c.job_id = picked.job_id AND c.seq = picked.seq
-    RETURNING c.job_id, c.seq, c.attempts, c.start_offset, c.end_offset, c.text
+    RETURNING c.job_id, c.seq, c.attempts, c.start_offset, c.end_offset, c.text, c.parts
 ), started AS (
     -- SKIP LOCKED: a job row locked by another claimer is being moved on by it already.
     UPDATE jobs SET status = 'PROCESSING', updated_at = {NOW}
     WHERE id IN (SELECT id FROM jobs WHERE id IN (SELECT job_id FROM claimed)
                  AND status = 'PENDING' FOR UPDATE SKIP LOCKED)
 )
-SELECT job_id, seq, attempts, start_offset, end_offset, text FROM claimed
+SELECT job_id, seq, attempts, start_offset, end_offset, text, parts FROM claimed
 ORDER BY job_id, seq
 """
 
@@ -191,20 +202,22 @@ def heartbeat(
     *,
     lease_s: float,
     now: datetime | None = None,
-) -> int:
-    """Extend the lease of the chunks we still own; returns how many we still own.
+) -> set[tuple[uuid.UUID, int]]:
+    """Extend the lease of the chunks we still own; returns the keys of those we still own.
 
-    Fenced on owner and attempt, so a lease that was already lost is not revived.
+    Fenced on owner and attempt, so a lease that was already lost (the job cancelled, the
+    chunk rescued) is not revived: the caller aborts the attempts missing from the answer.
     """
     job_ids, seqs, attempts = _columns(chunks)
     if not job_ids:
-        return 0
-    cur = conn.execute(
+        return set()
+    rows = conn.execute(
         f"""UPDATE chunks c SET lease_expires_at = {NOW} + make_interval(secs => %(lease)s)
             FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[], %(attempts)b::int[])
                  AS i(job_id, seq, attempt)
             WHERE c.job_id = i.job_id AND c.seq = i.seq AND c.attempts = i.attempt
-              AND c.status = 'running' AND c.worker_id = %(me)s""",
+              AND c.status = 'running' AND c.worker_id = %(me)s
+            RETURNING c.job_id, c.seq""",
         {
             "lease": lease_s,
             "job_ids": job_ids,
@@ -213,8 +226,8 @@ def heartbeat(
             "me": worker_id,
             "now": now,
         },
-    )
-    return cur.rowcount
+    ).fetchall()
+    return {(job_id, seq) for job_id, seq in rows}
 
 
 def release(
@@ -252,7 +265,7 @@ WITH input AS (
                          %(results)b::text[]) AS i(job_id, seq, attempt, result)
 ), done AS (
     UPDATE chunks c
-    SET status = 'succeeded', result = i.result::jsonb, error = NULL,
+    SET status = 'succeeded', result = i.result::jsonb, error = NULL, parts = NULL,
         finished_at = {NOW}, lease_expires_at = NULL
     FROM input i
     WHERE c.job_id = i.job_id AND c.seq = i.seq AND c.attempts = i.attempt
@@ -293,23 +306,30 @@ WITH input AS (
 SELECT d.job_id, d.seq, c.all_final FROM done d JOIN counted c ON c.id = d.job_id
 """
 
+# An uncounted failure (the provider's circuit was open) hands its attempt back, like a
+# release, and is not logged: it says nothing about the chunk. Finished pieces of a split
+# chunk are kept for the next attempt.
 _RETRY = f"""
 WITH input AS (
     SELECT * FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[], %(attempts)b::int[],
-                         %(classes)b::text[], %(errors)b::text[], %(delays)b::float8[])
-             AS i(job_id, seq, attempt, error_class, error, delay)
+                         %(classes)b::text[], %(errors)b::text[], %(delays)b::float8[],
+                         %(counted)b::bool[], %(parts)b::text[])
+             AS i(job_id, seq, attempt, error_class, error, delay, counted, parts)
 ), done AS (
     UPDATE chunks c
     SET status = 'pending', error = i.error, worker_id = NULL, lease_expires_at = NULL,
-        next_attempt_at = {NOW} + make_interval(secs => i.delay)
+        next_attempt_at = {NOW} + make_interval(secs => i.delay),
+        attempts = c.attempts - CASE WHEN i.counted THEN 0 ELSE 1 END,
+        parts = coalesce(i.parts::jsonb, c.parts)
     FROM input i
     WHERE c.job_id = i.job_id AND c.seq = i.seq AND c.attempts = i.attempt
       AND c.status = 'running' AND c.worker_id = %(me)s
-    RETURNING c.job_id, c.seq, c.attempts, i.error_class, i.error
+    RETURNING c.job_id, c.seq, i.attempt, i.error_class, i.error, i.counted
+), logged AS (
+    INSERT INTO chunk_attempts (job_id, seq, attempt, error_class, error, worker_id, at)
+    SELECT job_id, seq, attempt, error_class, error, %(me)s, {NOW} FROM done WHERE counted
 )
-INSERT INTO chunk_attempts (job_id, seq, attempt, error_class, error, worker_id, at)
-SELECT job_id, seq, attempts, error_class, error, %(me)s, {NOW} FROM done
-RETURNING job_id, seq, false
+SELECT job_id, seq, false FROM done
 """
 
 
@@ -363,6 +383,11 @@ def record(
         }
         if statement is _RETRY:
             extra["delays"] = [o.retry_in for o in batch]
+            extra["counted"] = [o.counted for o in batch]
+            extra["parts"] = [
+                None if o.parts is None else json.dumps(o.parts, separators=(",", ":"))
+                for o in batch
+            ]
         rows += conn.execute(
             statement, {**params, "job_ids": job_ids, "seqs": seqs, "attempts": attempts, **extra}
         ).fetchall()
@@ -555,9 +580,15 @@ def cancel(
         raise JobNotFound(str(job_id))
     if JobStatus(row[0]).terminal:
         raise JobConflict(f"job {job_id} is already {row[0]}")
+    # The 'cancel' notice tells workers to check their leases now, so the attempts of this
+    # job stop (and free their slots) at once rather than at the next heartbeat.
     conn.execute(
-        f"""UPDATE chunks SET status = 'cancelled', finished_at = {NOW}, lease_expires_at = NULL
-            WHERE job_id = %(id)s AND status IN ('pending', 'running')""",
+        f"""WITH cancelled AS (
+                UPDATE chunks SET status = 'cancelled', finished_at = {NOW},
+                                  lease_expires_at = NULL
+                WHERE job_id = %(id)s AND status IN ('pending', 'running')
+                RETURNING status)
+            SELECT pg_notify('{NOTIFY_CHANNEL}', '{CANCEL_NOTICE}')""",
         {"id": job_id, "now": now},
     )
     conn.execute(

@@ -110,15 +110,17 @@ def heartbeat(
     *,
     lease_s: float,
     now: datetime | None = None,
-) -> int:
-    """Extend the leases of reductions we still own (fenced on owner and attempt)."""
+) -> set[uuid.UUID]:
+    """Extend the leases of reductions we still own (fenced on owner and attempt); returns
+    the job ids of those we still own."""
     if not reductions:
-        return 0
-    cur = conn.execute(
+        return set()
+    rows = conn.execute(
         f"""UPDATE reductions r SET lease_expires_at = {NOW} + make_interval(secs => %(lease)s)
             FROM unnest(%(ids)b::uuid[], %(attempts)b::int[]) AS i(job_id, attempt)
             WHERE r.job_id = i.job_id AND r.attempts = i.attempt
-              AND r.status = 'running' AND r.worker_id = %(me)s""",
+              AND r.status = 'running' AND r.worker_id = %(me)s
+            RETURNING r.job_id""",
         {
             "lease": lease_s,
             "ids": [r.job_id for r in reductions],
@@ -126,8 +128,8 @@ def heartbeat(
             "me": worker_id,
             "now": now,
         },
-    )
-    return cur.rowcount
+    ).fetchall()
+    return {row[0] for row in rows}
 
 
 def finish(
@@ -138,10 +140,12 @@ def finish(
     result: dict[str, Any] | None = None,
     error: str | None = None,
     retry_in: float | None = None,
+    counted: bool = True,
     now: datetime | None = None,
 ) -> bool:
     """Record one attempt's outcome: succeeded with ``result``, or ``error`` and either a
-    retry after ``retry_in`` seconds or (None) failed for good. Fenced on owner and attempt;
+    retry after ``retry_in`` seconds or (None) failed for good; an uncounted retry (the
+    provider's circuit was open) hands its attempt back. Fenced on owner and attempt;
     returns False when the lease was lost and nothing was written. The job's
     ``analysis_result.reduce`` is updated in the same statement."""
     report: dict[str, Any]
@@ -151,10 +155,12 @@ def finish(
         status, report = "pending", {"status": "pending", "last_error": error}
     else:
         status, report = "failed", {"status": "failed", "error": error}
-    report["attempts"] = reduction.attempt
+    uncount = 0 if counted or status != "pending" else 1
+    report["attempts"] = reduction.attempt - uncount
     row = conn.execute(
         f"""WITH done AS (
                 UPDATE reductions SET status = %(status)s, error = %(error)s,
+                       attempts = attempts - %(uncount)s,
                        worker_id = CASE WHEN %(status)s = 'pending' THEN NULL ELSE worker_id END,
                        lease_expires_at = NULL,
                        next_attempt_at = {NOW} + make_interval(secs => %(delay)s),
@@ -171,6 +177,7 @@ def finish(
             "status": status,
             "error": error,
             "delay": retry_in or 0.0,
+            "uncount": uncount,
             "id": reduction.job_id,
             "attempt": reduction.attempt,
             "me": worker_id,

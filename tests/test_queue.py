@@ -105,8 +105,8 @@ def test_heartbeat__keeps_the_lease(db: psycopg.Connection[Any]) -> None:
     job_id = submit(db, "long call", 100)
     chunks = claim(db, "A", lease=10)
     with db.transaction():
-        assert queue.heartbeat(db, "A", chunks, lease_s=10, now=at(8)) == 1
-        assert queue.heartbeat(db, "B", chunks, lease_s=10, now=at(8)) == 0
+        assert queue.heartbeat(db, "A", chunks, lease_s=10, now=at(8)) == {chunks[0].key}
+        assert queue.heartbeat(db, "B", chunks, lease_s=10, now=at(8)) == set()
     with db.transaction():
         assert queue.rescue(db, summarize, max_attempts=3, now=at(12)) == (0, 0, {})
     assert chunk_rows(db, job_id)[0]["lease_expires_at"] == at(18)

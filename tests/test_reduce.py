@@ -69,7 +69,7 @@ def test_reduce__failure_is_reported_and_chunk_results_stay(
     class BrokenReduce(SimulatedProvider):
         calls = 0
 
-        def reduce(self, analyses: list[dict[str, Any]]) -> dict[str, Any]:
+        def reduce(self, analyses: list[dict[str, Any]], call: Any = None) -> dict[str, Any]:
             BrokenReduce.calls += 1
             raise PermanentError("model refused the summary")
 
@@ -93,7 +93,7 @@ def test_reduce__retryable_failure_is_retried_then_succeeds(
     class FlakyReduce(SimulatedProvider):
         calls = 0
 
-        def reduce(self, analyses: list[dict[str, Any]]) -> dict[str, Any]:
+        def reduce(self, analyses: list[dict[str, Any]], call: Any = None) -> dict[str, Any]:
             FlakyReduce.calls += 1
             if FlakyReduce.calls == 1:
                 raise TimeoutError("read timed out")
@@ -119,7 +119,7 @@ def test_reduce__provider_without_reduce_step_marks_it_skipped(
     class NoReduce:
         name = "no-reduce"
 
-        def analyze(self, text: str) -> dict[str, Any]:
+        def analyze(self, text: str, call: Any = None) -> dict[str, Any]:
             return {"chars": len(text)}
 
         def summarize(self, results: list[Any]) -> dict[str, Any]:

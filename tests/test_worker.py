@@ -132,7 +132,7 @@ def test_retry__waits_for_next_attempt_at_on_an_injected_clock(
     class FailTwice:
         name = "fail-twice"
 
-        def analyze(self, text: str) -> dict[str, Any]:
+        def analyze(self, text: str, call: Any = None) -> dict[str, Any]:
             calls.append(1)
             if len(calls) <= 2:
                 raise RetryableError("not yet")
@@ -264,7 +264,7 @@ def test_unstorable_result__fails_the_chunk_not_the_worker(
     job_id = submit(db, "one. two. three.", 6)
 
     class Bad(SimulatedProvider):
-        def analyze(self, text: str) -> Any:
+        def analyze(self, text: str, call: Any = None) -> Any:
             return result if text.startswith("two") else super().analyze(text)
 
     worker = make_worker(database_url, Bad(), concurrency=4)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from schema.queue import NOTIFY_CHANNEL
+from schema.queue import CANCEL_NOTICE, NOTIFY_CHANNEL
 
 if TYPE_CHECKING:
     from workerd.worker import Worker
@@ -18,7 +18,8 @@ log = logging.getLogger("workerd.listen")
 
 
 def listener(connect: Callable[[], psycopg.Connection[Any]]) -> Callable[[Worker], None]:
-    """A thread body that LISTENs on its own connection and sets ``worker.wake`` per notice.
+    """A thread body that LISTENs on its own connection and sets ``worker.wake`` per notice
+    (and ``worker.leases_changed`` when a job was cancelled).
 
     A lost connection is re-established with backoff; meanwhile ``worker.listening`` is
     False so the loop polls briskly instead of silently waiting a whole poll interval.
@@ -40,7 +41,9 @@ def listener(connect: Callable[[], psycopg.Connection[Any]]) -> Callable[[Worker
                     delay = 0.2
                     worker.wake.set()  # work may have arrived while we were not listening
                     while not worker.stopping.is_set():
-                        for _ in conn.notifies(timeout=1.0):
+                        for notice in conn.notifies(timeout=1.0):
+                            if notice.payload == CANCEL_NOTICE:
+                                worker.leases_changed.set()
                             worker.wake.set()
             except psycopg.Error as exc:
                 worker.listening = False

@@ -27,7 +27,16 @@ import psycopg
 from schema import queue, reductions
 from schema.queue import ClaimedChunk, Failure, Success
 from schema.reductions import ClaimedReduction
-from workerd.providers import PermanentError, Provider, ProviderError, can_reduce
+from workerd.circuit import Circuit
+from workerd.providers import (
+    AttemptTimeout,
+    Call,
+    PermanentError,
+    Provider,
+    ProviderError,
+    can_reduce,
+    circuit_key,
+)
 from workerd.retry import retry_delay
 from workerd.settings import Settings
 
@@ -47,6 +56,7 @@ class ReduceOutcome:
     result: dict[str, Any] | None = None
     error: str | None = None
     retry_in: float | None = None
+    unavailable: bool = False
 
 
 Outcome = Success | Failure | ReduceOutcome
@@ -64,11 +74,14 @@ class Step:
     recorded: int = 0
     dropped: int = 0
     rescued: int = 0
+    # Attempts given up here: past their deadline, or their lease lost (cancel, rescue).
+    timed_out: int = 0
+    aborted: int = 0
     finalized: dict[uuid.UUID, str] = field(default_factory=dict)
 
     @property
     def busy(self) -> bool:
-        return bool(self.claimed or self.recorded or self.dropped or self.rescued)
+        return bool(self.claimed or self.recorded or self.dropped or self.rescued or self.timed_out)
 
 
 def make_worker_id() -> str:
@@ -102,9 +115,20 @@ class Worker:
         self._rng = rng or random.Random()
         self._monotonic = monotonic
         self._conn: psycopg.Connection[Any] | None = None
-        # Chunks we own, until their outcome is recorded (or handed back).
+        # Chunks we own, until their outcome is recorded (or handed back), and their calls.
         self._inflight: dict[tuple[uuid.UUID, int], ClaimedChunk] = {}
         self._reducing: dict[uuid.UUID, ClaimedReduction] = {}
+        self._calls: dict[Any, Call] = {}  # by chunk key, or job id for a reduction
+        # Attempts that ran out of time: their failure is recorded, a late result ignored.
+        self._timed_out: set[Any] = set()
+        self._probes: set[Any] = set()  # our attempts that are the open circuit's probe
+        self.circuit = Circuit(
+            circuit_key(provider),
+            threshold=settings.circuit_threshold,
+            max_delay_s=settings.circuit_max_s,
+            monotonic=monotonic,
+            clock=clock,
+        )
         # Outcomes from attempt threads, and outcomes not yet written (kept through outages).
         self._finished: queue_mod.SimpleQueue[Outcome] = queue_mod.SimpleQueue()
         self._unrecorded: list[Outcome] = []
@@ -112,6 +136,8 @@ class Worker:
         self._pool: _AttemptPool | None = None
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        # Set when a job was cancelled somewhere: check our leases now, not at the heartbeat.
+        self.leases_changed = threading.Event()
         # False while a LISTEN connection is being re-established: poll briskly meanwhile.
         self.listening = True
         self._next_heartbeat = 0.0
@@ -125,10 +151,13 @@ class Worker:
         """Record finished attempts, keep leases alive, rescue lost chunks, claim up to the
         free capacity and start them. Without a thread pool the claimed chunks run here."""
         step = Step()
+        self._expire(step)
         self._record(step)
         now = self._monotonic()
-        if (self._inflight or self._reducing) and now >= self._next_heartbeat:
-            self._heartbeat()
+        changed = self.leases_changed.is_set()
+        if (self._inflight or self._reducing) and (changed or now >= self._next_heartbeat):
+            self.leases_changed.clear()
+            self._heartbeat(step)
             self._next_heartbeat = now + self.settings.lease_s / 3
         if now >= self._next_rescue:
             self._rescue(step)
@@ -136,29 +165,38 @@ class Worker:
         if self.stopping.is_set():
             return step
         free = self.concurrency - len(self._inflight) - len(self._reducing)
-        claimed = (
-            self._transaction(
-                lambda conn: queue.claim(
-                    conn,
-                    self.worker_id,
-                    free,
-                    lease_s=self.settings.lease_s,
-                    now=self._clock(),
-                    cap=self.settings.provider_concurrency,
-                )
+        if free <= 0:
+            return step
+
+        def take(conn: psycopg.Connection[Any]) -> tuple[int, list[ClaimedChunk]]:
+            # The circuit decides how many, in the claim's own transaction.
+            limit = self.circuit.claim_limit(conn, free)
+            if limit <= 0:
+                return 0, []
+            return limit, queue.claim(
+                conn,
+                self.worker_id,
+                limit,
+                lease_s=self.settings.lease_s,
+                now=self._clock(),
+                cap=self.settings.provider_concurrency,
             )
-            if free > 0
-            else []
-        )
+
+        limit, claimed = self._transaction(take)
+        probing = self.circuit.open
         step.claimed = len(claimed)
         # Under a shared cap, an empty claim with work due means the cap is full: wait for
         # a NOTIFY from whoever frees a slot instead of polling the claim in a tight loop.
-        self._capped = self.settings.provider_concurrency is not None and len(claimed) < free
+        self._capped = self.settings.provider_concurrency is not None and len(claimed) < limit
         for chunk in claimed:
             self._inflight[chunk.key] = chunk
-            self._start(functools.partial(self.attempt, chunk))
+            call = self._calls[chunk.key] = self._new_call(chunk.parts)
+            if probing:
+                self._probes.add(chunk.key)
+                self.circuit.probing += 1
+            self._start(functools.partial(self.attempt, chunk, call))
         # Reductions only take capacity the chunks left free: chunks come first.
-        if self._reduces and len(claimed) < free:
+        if self._reduces and len(claimed) < limit:
             reduction = self._transaction(
                 lambda conn: reductions.claim(
                     conn,
@@ -171,10 +209,17 @@ class Worker:
             if reduction is not None:
                 step.claimed += 1
                 self._reducing[reduction.job_id] = reduction
-                self._start(functools.partial(self.attempt_reduce, reduction))
+                call = self._calls[reduction.job_id] = self._new_call(None)
+                if probing:
+                    self._probes.add(reduction.job_id)
+                    self.circuit.probing += 1
+                self._start(functools.partial(self.attempt_reduce, reduction, call))
         if step.claimed and self._pool is None:
             self._record(step)
         return step
+
+    def _new_call(self, parts: list[dict[str, Any]] | None) -> Call:
+        return Call(self.settings.attempt_timeout_s, parts=parts, monotonic=self._monotonic)
 
     def _start(self, attempt: Callable[[], Outcome]) -> None:
         """Run an attempt on the pool, or right here when there is no pool (tests)."""
@@ -183,27 +228,90 @@ class Worker:
         else:
             self._finished.put(attempt())
 
-    def attempt_reduce(self, reduction: ClaimedReduction) -> ReduceOutcome:
+    def attempt_reduce(
+        self, reduction: ClaimedReduction, call: Call | None = None
+    ) -> ReduceOutcome:
         """Run the provider's reduce step on a job's ordered analyses; never raises."""
+        call = call or self._new_call(None)
         try:
-            result = self.provider.reduce(reduction.analyses)  # type: ignore[attr-defined]
+            result = self.provider.reduce(reduction.analyses, call)  # type: ignore[attr-defined]
             encode(result)
         except Exception as exc:
-            delay = self._retry_in(reduction.attempt, exc)
-            return ReduceOutcome(reduction, error=f"{type(exc).__name__}: {exc}", retry_in=delay)
+            return ReduceOutcome(
+                reduction,
+                error=f"{type(exc).__name__}: {exc}",
+                retry_in=self._retry_in(reduction.attempt, exc),
+                unavailable=getattr(exc, "unavailable", False),
+            )
         return ReduceOutcome(reduction, result=result)
 
-    def attempt(self, chunk: ClaimedChunk) -> Success | Failure:
+    def attempt(self, chunk: ClaimedChunk, call: Call | None = None) -> Success | Failure:
         """Run the provider on one chunk; never raises: every error becomes a Failure."""
+        call = call or self._new_call(chunk.parts)
         try:
-            result = self.provider.analyze(chunk.text)
+            result = self.provider.analyze(chunk.text, call)
             encoded = encode(result)
         except Exception as exc:
             if not isinstance(exc, ProviderError):
                 log.warning("provider raised %s on chunk %s/%s", type(exc).__name__, *chunk.key)
-            delay = self._retry_in(chunk.attempt, exc)
-            return Failure(chunk, type(exc).__name__, str(exc) or type(exc).__name__, delay)
+            return Failure(
+                chunk,
+                type(exc).__name__,
+                str(exc) or type(exc).__name__,
+                self._retry_in(chunk.attempt, exc),
+                unavailable=getattr(exc, "unavailable", False),
+                parts=call.parts + call.finished if call.finished else None,
+            )
         return Success(chunk, result, encoded)
+
+    def _expire(self, step: Step) -> None:
+        """Fail every attempt past its deadline now, as AttemptTimeout, and free its slot.
+
+        The call is aborted (its connection shut, where the provider allows it) and its
+        thread is replaced, so a call that never returns costs no capacity. Its result, if
+        it ever comes, is ignored here, and the fence would refuse it anyway.
+        """
+        now = self._monotonic()
+        for key, call in list(self._calls.items()):
+            if call.deadline > now or key in self._timed_out:
+                continue
+            self._timed_out.add(key)
+            call.abort("deadline")
+            if self._pool is not None:
+                self._pool.replace_stuck()
+            timeout = AttemptTimeout(
+                f"attempt exceeded CHUNKQ_ATTEMPT_TIMEOUT_S={self.settings.attempt_timeout_s:g}"
+            )
+            outcome: Outcome
+            if isinstance(key, uuid.UUID):
+                reduction = self._reducing[key]
+                outcome = ReduceOutcome(
+                    reduction,
+                    error=f"AttemptTimeout: {timeout}",
+                    retry_in=self._retry_in(reduction.attempt, timeout),
+                )
+            else:
+                chunk = self._inflight[key]
+                outcome = Failure(
+                    chunk,
+                    "AttemptTimeout",
+                    str(timeout),
+                    self._retry_in(chunk.attempt, timeout),
+                    parts=call.parts + call.finished if call.finished else None,
+                )
+            log.warning("attempt at %s timed out; its slot is free again", _label(key))
+            self._unrecorded.append(outcome)
+            step.timed_out += 1
+
+    def _current(self, outcome: Outcome) -> bool:
+        """Whether a finished attempt is still ours to record (not timed out, not abandoned)."""
+        if isinstance(outcome, ReduceOutcome):
+            key: Any = outcome.reduction.job_id
+            ours = self._reducing.get(key) is outcome.reduction
+        else:
+            key = outcome.chunk.key
+            ours = self._inflight.get(key) is outcome.chunk
+        return ours and key not in self._timed_out
 
     def _retry_in(self, attempt: int, exc: Exception) -> float | None:
         """Seconds until the next attempt after ``exc``, or None to fail now. An error that
@@ -219,14 +327,23 @@ class Worker:
             max_s=s.backoff_max_s,
             rng=self._rng,
             hint_s=hint,
+            hint_max_s=s.retry_after_max_s,
         )
 
     def _record(self, step: Step, *, force: bool = False) -> None:
         while True:
             try:
-                self._unrecorded.append(self._finished.get_nowait())
+                finished = self._finished.get_nowait()
             except queue_mod.Empty:
                 break
+            if self._current(finished):
+                self._unrecorded.append(finished)
+                if isinstance(finished, Success) or (
+                    isinstance(finished, ReduceOutcome) and finished.error is None
+                ):
+                    self.circuit.observe(answered=True)
+                elif finished.unavailable:
+                    self.circuit.observe(answered=False)
         if not self._unrecorded:
             return
         # Group commit: while attempts of this batch are still running, give them a few
@@ -244,13 +361,15 @@ class Worker:
 
         def write(conn: psycopg.Connection[Any]) -> queue.Recorded:
             for outcome in reduced:
+                counted = self.circuit.settle_reduce(conn, outcome.unavailable)
                 if not reductions.finish(
                     conn,
                     self.worker_id,
                     outcome.reduction,
                     result=outcome.result,
                     error=outcome.error,
-                    retry_in=outcome.retry_in,
+                    retry_in=outcome.retry_in if counted else 0.0,
+                    counted=counted,
                     now=self._clock(),
                 ):
                     log.warning(
@@ -259,7 +378,7 @@ class Worker:
             return queue.record(
                 conn,
                 self.worker_id,
-                batch,
+                self.circuit.settle(conn, batch),
                 self.provider.summarize,
                 now=self._clock(),
                 notify=self.settings.provider_concurrency is not None,
@@ -271,9 +390,9 @@ class Worker:
         self._unrecorded.clear()
         step.recorded += len(reduced)
         for done in reduced:
-            self._reducing.pop(done.reduction.job_id, None)
+            self._forget(done.reduction.job_id)
         for outcome in batch:
-            self._inflight.pop(outcome.chunk.key, None)
+            self._forget(outcome.chunk.key)
         for key in recorded.dropped:
             log.warning("lease lost before recording chunk %s/%s; result dropped", *key)
         step.recorded += recorded.applied
@@ -282,16 +401,52 @@ class Worker:
         for job_id, status in recorded.finalized.items():
             log.info("job %s finalized: %s", job_id, status.value)
 
-    def _heartbeat(self) -> None:
-        chunks = list(self._inflight.values())
-        reducing = list(self._reducing.values())
+    def _forget(self, key: Any) -> None:
+        """Drop everything we hold for a chunk (by key) or a reduction (by job id)."""
+        if isinstance(key, uuid.UUID):
+            self._reducing.pop(key, None)
+        else:
+            self._inflight.pop(key, None)
+        self._calls.pop(key, None)
+        self._timed_out.discard(key)
+        if key in self._probes:
+            self._probes.discard(key)
+            self.circuit.probing -= 1
 
-        def beat(conn: psycopg.Connection[Any]) -> None:
+    def _heartbeat(self, step: Step) -> None:
+        """Renew our leases; abort the attempts whose lease we no longer hold (their job was
+        cancelled, or a rescuer took them back), freeing their slots now."""
+        chunks = [c for c in self._inflight.values() if c.key not in self._timed_out]
+        reducing = [r for r in self._reducing.values() if r.job_id not in self._timed_out]
+
+        def beat(conn: psycopg.Connection[Any]) -> tuple[set[Any], set[Any]]:
             lease, now = self.settings.lease_s, self._clock()
-            queue.heartbeat(conn, self.worker_id, chunks, lease_s=lease, now=now)
-            reductions.heartbeat(conn, self.worker_id, reducing, lease_s=lease, now=now)
+            return (
+                queue.heartbeat(conn, self.worker_id, chunks, lease_s=lease, now=now),
+                reductions.heartbeat(conn, self.worker_id, reducing, lease_s=lease, now=now),
+            )
 
-        self._transaction(beat)
+        owned, owned_reductions = self._transaction(beat)
+        pending = {self._key(o) for o in self._unrecorded}
+        lost: list[Any] = [c.key for c in chunks if c.key not in owned]
+        lost += [r.job_id for r in reducing if r.job_id not in owned_reductions]
+        for key in lost:
+            if key in pending:
+                continue  # finished already; the fence refuses its write
+            call = self._calls.get(key)
+            if call is not None:
+                call.abort("lease lost")
+            if self._pool is not None:
+                self._pool.replace_stuck()
+            self._forget(key)
+            step.aborted += 1
+            log.warning("lease of %s lost (cancelled or rescued); attempt aborted", _label(key))
+
+    @staticmethod
+    def _key(outcome: Outcome) -> Any:
+        if isinstance(outcome, ReduceOutcome):
+            return outcome.reduction.job_id
+        return outcome.chunk.key
 
     def _rescue(self, step: Step) -> None:
         requeued, failed, finalized = self._transaction(
@@ -326,8 +481,11 @@ class Worker:
             )
 
         released = self._transaction(release)
-        self._inflight.clear()
-        self._reducing.clear()
+        for key in [c.key for c in chunks] + [r.job_id for r in reducing]:
+            call = self._calls.get(key)
+            if call is not None:
+                call.abort("worker stopping")
+            self._forget(key)
         return released
 
     def idle(self) -> bool:
@@ -429,10 +587,7 @@ class Worker:
                         len(self._unrecorded),
                     )
                     for outcome in self._unrecorded:
-                        if isinstance(outcome, ReduceOutcome):
-                            self._reducing.pop(outcome.reduction.job_id, None)
-                        else:
-                            self._inflight.pop(outcome.chunk.key, None)
+                        self._forget(self._key(outcome))
                     self._unrecorded.clear()
                     wait = 1.0
                 if wait > 0:
@@ -445,8 +600,13 @@ class Worker:
         wait = self.settings.poll_interval_s
         if not self.listening:
             wait = min(wait, 0.5)
-        if self._inflight:
+        if self._inflight or self._reducing:
             wait = min(wait, max(0.0, self._next_heartbeat - now))
+        if self._calls:
+            deadline = min(call.deadline for call in self._calls.values())
+            wait = min(wait, max(0.0, deadline - now))
+        if self.circuit.open:
+            wait = min(wait, max(0.05, self.circuit.probe_in_s))
         wait = min(wait, max(0.0, self._next_rescue - now))
         if grace_deadline is not None:
             wait = min(wait, max(0.0, grace_deadline - now))
@@ -461,8 +621,10 @@ class Worker:
         return wait
 
     def _give_up(self) -> int:
-        """Grace is over: record what finished, hand back the rest, exit cleanly."""
+        """Grace is over: record what finished and what ran past its deadline (those attempts
+        count), hand back the rest, exit cleanly."""
         try:
+            self._expire(Step())
             self._record(Step(), force=True)
             released = self.hand_back()
             log.info("grace period over: handed back %d chunks", released)
@@ -474,6 +636,10 @@ class Worker:
         """Stop claiming; ``run`` finishes in-flight chunks within the grace period."""
         self.stopping.set()
         self.wake.set()
+
+
+def _label(key: Any) -> str:
+    return f"reduce of job {key}" if isinstance(key, uuid.UUID) else f"chunk {key[0]}/{key[1]}"
 
 
 def encode(result: Any) -> str:
@@ -497,26 +663,53 @@ _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 class _AttemptPool:
     """Daemon threads that run provider calls. Daemon, so a provider call stuck past the
-    grace period cannot keep the process alive after its chunks were handed back."""
+    grace period cannot keep the process alive after its chunks were handed back.
+
+    A thread stuck in a call the worker gave up on is replaced at once (``replace_stuck``);
+    when the stuck call finally returns, one thread retires, so the pool keeps ``size``
+    threads free for work however many calls hang.
+    """
 
     def __init__(self, worker: Worker, size: int) -> None:
         self._worker = worker
         self._tasks: queue_mod.SimpleQueue[Callable[[], Outcome] | None] = queue_mod.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._loop, name=f"chunkq-attempt-{i}", daemon=True)
-            for i in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._lock = threading.Lock()
+        self._surplus = 0  # threads to retire as calls return
+        self._count = 0
+        self._threads = 0
+        for _ in range(size):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        with self._lock:
+            self._count += 1
+            self._threads += 1
+            name = f"chunkq-attempt-{self._count}"
+        threading.Thread(target=self._loop, name=name, daemon=True).start()
 
     def submit(self, attempt: Callable[[], Outcome]) -> None:
         self._tasks.put(attempt)
 
+    def replace_stuck(self) -> None:
+        """One thread is stuck in an abandoned call: start another in its place."""
+        with self._lock:
+            self._surplus += 1
+        self._spawn()
+
     def stop(self) -> None:
-        for _ in self._threads:
+        with self._lock:
+            threads = self._threads
+        for _ in range(threads):
             self._tasks.put(None)
 
     def _loop(self) -> None:
         while (attempt := self._tasks.get()) is not None:
             self._worker._finished.put(attempt())
             self._worker.wake.set()
+            with self._lock:
+                if self._surplus > 0:
+                    self._surplus -= 1
+                    self._threads -= 1
+                    return
+        with self._lock:
+            self._threads -= 1
