@@ -12,9 +12,9 @@ from flask import Blueprint, current_app, request
 from sqlalchemy import Engine
 
 from schema import queue
+from schema.chunking import split_text
 from schema.errors import InvalidRequest, JobNotFound
 from schema.reads import job_report
-from schema.chunking import split_text
 from web.problems import ValidationFailed
 from web.validation import parse_submission
 
