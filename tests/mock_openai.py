@@ -17,7 +17,9 @@ import itertools
 import json
 import math
 import re
+import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -310,6 +312,7 @@ class MockOpenAI:
         self._in_flight = 0
         self._max_in_flight = 0
         self.finished = 0  # replies whose sending ended (sent, or cut off by the client)
+        self.abandoned = 0  # requests whose client hung up while the reply was being "generated"
         self._open = threading.Event()  # cleared by pause(): requests wait to be answered
         self._open.set()
         self._closing = threading.Event()
@@ -426,8 +429,12 @@ class MockOpenAI:
             else:
                 reply = source(request) if callable(source) else source
             latency = self.latency_s if reply.latency_s is None else reply.latency_s
-            if latency > 0 and request.path == CHAT_PATH:
-                self._closing.wait(latency)
+            if latency > 0 and request.path == CHAT_PATH and self._client_left(handler, latency):
+                with self._lock:
+                    self.abandoned += 1
+                    self._lock.notify_all()
+                handler.close_connection = True
+                return
         finally:
             # Out of flight before the answer is written: once a client has its answer it may
             # send the next request, and that must not count as overlapping this one.
@@ -443,6 +450,21 @@ class MockOpenAI:
             with self._lock:
                 self.finished += 1
                 self._lock.notify_all()
+
+    def _client_left(self, handler: _Handler, seconds: float) -> bool:
+        """Wait ``seconds`` (the reply's generation), True as soon as the client hangs up,
+        as a real server notices a closed connection and stops generating."""
+        deadline = time.monotonic() + seconds
+        conn = handler.connection
+        while (left := deadline - time.monotonic()) > 0 and not self._closing.is_set():
+            ready, _, _ = select.select([conn], [], [], min(left, 0.05))
+            if ready:
+                try:
+                    if conn.recv(1, socket.MSG_PEEK) == b"":
+                        return True
+                except OSError:
+                    return True
+        return False
 
 
 def _events(body: dict[str, Any]) -> bytes:

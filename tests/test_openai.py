@@ -7,6 +7,7 @@ import datetime as dt
 import functools
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,9 @@ from tests.mock_openai import (
 )
 from tests.support import chunk_rows, job_row, submit
 from workerd.providers import (
+    AttemptAborted,
+    AttemptTimeout,
+    Call,
     InvalidReply,
     PermanentError,
     Provider,
@@ -910,3 +914,57 @@ def test_shared_cap__three_worker_processes_never_exceed_three_requests_at_once(
     assert mock_openai.max_in_flight == 3
     owners = db.execute("SELECT count(DISTINCT worker_id) FROM chunks").fetchone()[0]  # type: ignore[index]
     assert owners >= 2
+
+
+# --- the attempt's deadline ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_openai__a_trickling_reply_is_cut_off_at_the_call_deadline(
+    mock_openai: MockOpenAI, provider: OpenAIProvider, stream: bool
+) -> None:
+    reply = completion(GOOD)
+    reply.trickle_s, reply.stream = 0.2, stream  # ~100 s for the whole reply
+    mock_openai.serve(reply)
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            provider.analyze(TEXT, Call(1.0))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the call outlived its deadline"
+    assert time.monotonic() - started < 1.0 + 1.0
+    [error] = outcome
+    assert type(error) is AttemptTimeout and "CHUNKQ_ATTEMPT_TIMEOUT_S=1" in str(error)
+    assert mock_openai.wait_for(lambda m: m.finished == 1, timeout=5)  # the client hung up
+
+
+def test_openai__abort_cuts_off_a_call_waiting_for_its_reply(
+    mock_openai: MockOpenAI, provider: OpenAIProvider
+) -> None:
+    mock_openai.latency_s = 60.0  # nothing arrives until the reply is "generated"
+    call = Call(300.0)
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            provider.analyze(TEXT, call)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert mock_openai.wait_for(lambda m: m.in_flight == 1, timeout=5)
+    call.abort("lease lost")
+    thread.join(5)
+    assert not thread.is_alive()
+    [error] = outcome
+    assert type(error) is AttemptAborted and "lease lost" in str(error)
+    # The server noticed the client leave (a real one stops generating).
+    assert mock_openai.wait_for(lambda m: m.abandoned == 1, timeout=5)
