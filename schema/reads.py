@@ -7,6 +7,8 @@ from typing import Any
 
 import psycopg
 
+from schema import outages
+
 
 def job_report(conn: psycopg.Connection[Any], job_id: uuid.UUID) -> dict[str, Any] | None:
     """The client's view of one job, or None if there is no such job.
@@ -49,6 +51,15 @@ def job_report(conn: psycopg.Connection[Any], job_id: uuid.UUID) -> dict[str, An
             {"id": job_id},
         )
     ]
+    splits = [
+        {"chunk_index": seq, "parts": parts}
+        for seq, parts in conn.execute(
+            """SELECT seq, jsonb_array_length(result->'parts') FROM chunks
+               WHERE job_id = %(id)s AND status = 'succeeded' AND result ? 'parts'
+               ORDER BY seq""",
+            {"id": job_id},
+        )
+    ]
     return {
         "job_id": str(job_id),
         "status": status,
@@ -57,6 +68,11 @@ def job_report(conn: psycopg.Connection[Any], job_id: uuid.UUID) -> dict[str, An
         "chunks_completed": completed,
         "chunks_failed": failed,
         "errors": errors,
+        # Chunks the model's context could not hold whole, and how many pieces each took.
+        "split_chunks": splits,
+        # Times the provider could not be reached while this job ran: its chunks waited
+        # (the circuit breaker) instead of failing.
+        "provider_unavailable": outages.during(conn, created, finished),
         "analysis_result": result,
         "max_chunk_chars": max_chars,
         "text_chars": text_chars,

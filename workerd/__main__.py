@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.concurrency < 1:
         print("workerd: --concurrency must be at least 1", file=sys.stderr)
         return 2
+    check = getattr(provider, "check_server", None)
+    for warning in check() if callable(check) else []:
+        log.warning("%s", warning)
     url = settings.database_url or resolve_url()
     worker = Worker(
         settings,
