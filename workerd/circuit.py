@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -73,16 +73,20 @@ class Circuit:
         return 0
 
     def settle(
-        self, conn: psycopg.Connection[Any], outcomes: Sequence[Success | Failure]
+        self,
+        conn: psycopg.Connection[Any],
+        outcomes: Sequence[Success | Failure],
+        probes: Collection[Any] = (),
     ) -> list[Success | Failure]:
         """Apply the circuit to outcomes about to be recorded (in the record's transaction).
 
         Failures for want of the provider while the circuit is open are retried without
         counting the attempt (due at once: the circuit gates them); the failures that open it
-        count as usual. A success closes an open circuit.
+        count as usual. A probe's success closes the circuit; a success of a call made before
+        the outage began says nothing about now.
         """
         down = [o for o in outcomes if isinstance(o, Failure) and o.unavailable]
-        if any(isinstance(o, Success) for o in outcomes):
+        if any(isinstance(o, Success) and o.chunk.key in probes for o in outcomes):
             self._close(conn)
         if not down:
             return list(outcomes)
@@ -119,11 +123,14 @@ class Circuit:
             for o in outcomes
         ]
 
-    def settle_reduce(self, conn: psycopg.Connection[Any], unavailable: bool) -> bool:
+    def settle_reduce(
+        self, conn: psycopg.Connection[Any], unavailable: bool, *, probe: bool
+    ) -> bool:
         """Whether a reduce outcome counts: False for a provider-unavailable failure while
-        the circuit is open. A reduce success closes an open circuit."""
+        the circuit is open. A probe's success closes the circuit."""
         if not unavailable:
-            self._close(conn)
+            if probe:
+                self._close(conn)
             return True
         if not self.open:
             self._read(conn)
@@ -136,9 +143,6 @@ class Circuit:
         self.probe_in_s = outage.probe_in_s if outage is not None else math.inf
 
     def _close(self, conn: psycopg.Connection[Any]) -> None:
-        self.streak = 0
-        if not self.open:
-            return
         seconds = outages.close_circuit(conn, self.key, now=self._clock())
         self.open, self.probe_in_s = False, math.inf
         if seconds is not None:

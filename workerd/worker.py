@@ -361,7 +361,9 @@ class Worker:
 
         def write(conn: psycopg.Connection[Any]) -> queue.Recorded:
             for outcome in reduced:
-                counted = self.circuit.settle_reduce(conn, outcome.unavailable)
+                counted = self.circuit.settle_reduce(
+                    conn, outcome.unavailable, probe=outcome.reduction.job_id in self._probes
+                )
                 if not reductions.finish(
                     conn,
                     self.worker_id,
@@ -378,7 +380,7 @@ class Worker:
             return queue.record(
                 conn,
                 self.worker_id,
-                self.circuit.settle(conn, batch),
+                self.circuit.settle(conn, batch, self._probes),
                 self.provider.summarize,
                 now=self._clock(),
                 notify=self.settings.provider_concurrency is not None,
