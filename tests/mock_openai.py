@@ -3,8 +3,8 @@
 A real HTTP/1.1 server (``ThreadingHTTPServer`` on port 0, keep-alive) in a thread. Each test
 scripts it: ``serve(*replies)`` queues replies (a ``Reply`` or a callable taking the
 ``Request``) to answer in order; once the queue is empty, ``fallback`` answers (by default a
-valid JSON analysis derived from the chunk in the prompt). It counts requests, in-flight
-requests and the most ever in flight at once, and can ``pause()`` answering so a test can
+valid JSON analysis derived from the chunk in the prompt). It counts chat-completion
+requests, those in flight and the most ever in flight at once, and can ``pause()`` answering so a test can
 hold many requests open and look. Standalone, for benchmarks::
 
     python -m tests.mock_openai --port 8123 --latency-ms 300
@@ -410,14 +410,16 @@ class MockOpenAI:
             {k.lower(): v for k, v in handler.headers.items()},
             body,
         )
+        # The counters are of chat completions: what a provider cap limits.
+        chat = handler.path == CHAT_PATH and handler.command == "POST"
         with self._lock:
             self.requests.append(request)
-            self._total += 1
-            self._in_flight += 1
+            self._total += chat
+            self._in_flight += chat
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
             self._lock.notify_all()
             source: Reply | Responder | None = None
-            if handler.path == CHAT_PATH and handler.command == "POST":
+            if chat:
                 source = self._script.popleft() if self._script else self.fallback
             elif handler.path == MODELS_PATH and handler.command == "GET" and self.models:
                 listed = [{"id": m, "object": "model", "owned_by": "me"} for m in self.models]
@@ -439,7 +441,7 @@ class MockOpenAI:
             # Out of flight before the answer is written: once a client has its answer it may
             # send the next request, and that must not count as overlapping this one.
             with self._lock:
-                self._in_flight -= 1
+                self._in_flight -= chat
                 self._lock.notify_all()
         streamed = isinstance(request.body, dict) and bool(request.body.get("stream"))
         try:

@@ -910,7 +910,9 @@ def test_shared_cap__three_worker_processes_never_exceed_three_requests_at_once(
     finally:
         codes = [stop(w) for w in workers]
     assert codes == [0, 0, 0]
-    assert mock_openai.total_requests == total
+    # Each worker asked GET /v1/models once at start; each chunk was asked once.
+    paths = [r.path for r in mock_openai.requests]
+    assert (paths.count("/v1/models"), paths.count("/v1/chat/completions")) == (3, total)
     assert mock_openai.max_in_flight == 3
     owners = db.execute("SELECT count(DISTINCT worker_id) FROM chunks").fetchone()[0]  # type: ignore[index]
     assert owners >= 2
