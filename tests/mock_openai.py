@@ -4,8 +4,8 @@ A real HTTP/1.1 server (``ThreadingHTTPServer`` on port 0, keep-alive) in a thre
 scripts it: ``serve(*replies)`` queues replies (a ``Reply`` or a callable taking the
 ``Request``) to answer in order; once the queue is empty, ``fallback`` answers (by default a
 valid JSON analysis derived from the chunk in the prompt). It counts chat-completion
-requests, those in flight and the most ever in flight at once, and can ``pause()`` answering so a test can
-hold many requests open and look. Standalone, for benchmarks::
+requests, those in flight and the most ever in flight at once, and can ``pause()`` answering
+so a test can hold many requests open and look. Standalone, for benchmarks::
 
     python -m tests.mock_openai --port 8123 --latency-ms 300
 """
@@ -98,7 +98,8 @@ def analysis(text: str) -> dict[str, Any]:
     words = [w.casefold() for w in _WORD.findall(text)]
     pos = sum(w in _POSITIVE for w in words)
     neg = sum(w in _NEGATIVE for w in words)
-    score = 0.0 if pos + neg == 0 else round((pos - neg) / (pos + neg), 4)
+    # The schema's steps of a quarter.
+    score = 0.0 if pos + neg == 0 else round(4 * (pos - neg) / (pos + neg)) / 4
     if pos and neg:
         label = "mixed"
     elif pos or neg:

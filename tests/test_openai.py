@@ -61,7 +61,7 @@ TEXT = "The queue is durable. Workers claim rows and the results are great."
 GOOD = {
     "summary": "Workers claim rows from a durable queue.",
     "sentiment": "positive",
-    "sentiment_score": 0.6,
+    "sentiment_score": 0.5,
     "key_points": ["durable queue", "workers claim rows"],
 }
 
@@ -158,7 +158,7 @@ def test_openai__fenced_json_and_surrounding_whitespace_are_accepted(
         ),
         (
             '{"summary": "s", "sentiment": "mixed", "sentiment_score": 2.1, "key_points": []}',
-            "$.sentiment_score should be within [-1, 1]",
+            "$.sentiment_score should be one of [-1, -0.75",
         ),
         (
             '{"summary": "s", "sentiment": "neutral", "sentiment_score": 0, "key_points": "a"}',

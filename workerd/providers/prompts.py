@@ -19,7 +19,7 @@ DEFAULT_PROMPT = """\
 Analyse the text between <chunk> and </chunk>. Reply with a JSON object with these keys:
 - "summary": one to three sentences summarising the text, in the text's language
 - "sentiment": the overall sentiment, one of "positive", "negative", "neutral", "mixed"
-- "sentiment_score": a number from -1 (most negative) to 1 (most positive)
+- "sentiment_score": one of -1, -0.75, -0.5, -0.25, 0, 0.25, 0.5, 0.75, 1 (-1 most negative)
 - "key_points": a list of at most four short strings, the main points in order
 
 <chunk>
@@ -33,7 +33,7 @@ Below are analyses of consecutive parts of one document, in order. Combine them 
 analysis of the whole document. Reply with a JSON object with these keys:
 - "summary": three to six sentences summarising the whole document, in its language
 - "sentiment": the overall sentiment, one of "positive", "negative", "neutral", "mixed"
-- "sentiment_score": a number from -1 (most negative) to 1 (most positive)
+- "sentiment_score": one of -1, -0.75, -0.5, -0.25, 0, 0.25, 0.5, 0.75, 1 (-1 most negative)
 - "key_points": a list of at most four short strings, the document's main points in order
 
 {sections}"""

@@ -13,17 +13,20 @@ import re
 from typing import Any
 
 SENTIMENTS = ("positive", "negative", "neutral", "mixed")
+# The score's steps. An enum, not a number with minimum/maximum: llama.cpp's grammar ignores
+# numeric bounds (a 135M model was seen to answer 2.098), but it holds a reply to an enum.
+SCORES = (-1, -0.75, -0.5, -0.25, 0, 0.25, 0.5, 0.75, 1)
 SCHEMA_NAME = "chunk_analysis"
 
 # Bounded, so a small model held to it by a grammar cannot run on until max_tokens: a small
 # model tends to write up to each maxLength, and at a 512-token context the reply must leave
-# room for the prompt. (llama.cpp's grammar ignores minimum/maximum; the check here does not.)
+# room for the prompt.
 ANALYSIS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "summary": {"type": "string", "minLength": 1, "maxLength": 400},
         "sentiment": {"type": "string", "enum": list(SENTIMENTS)},
-        "sentiment_score": {"type": "number", "minimum": -1, "maximum": 1},
+        "sentiment_score": {"type": "number", "enum": list(SCORES)},
         "key_points": {
             "type": "array",
             "items": {"type": "string", "minLength": 1, "maxLength": 120},
