@@ -28,6 +28,7 @@ class Settings:
     openai_api_key: str | None = None
     model: str = "gpt-4o-mini"
     max_tokens: int = 1024
+    stream: bool = False
     prompt_file: str | None = None
     reduce_prompt_file: str | None = None
     attempt_timeout_s: float = 300.0
@@ -72,6 +73,9 @@ class Settings:
             if not raw:
                 continue
             kind = str(types[name])
+            if kind == "bool":
+                values[name] = _flag(var, raw)
+                continue
             try:
                 if "int" in kind:
                     values[name] = int(raw)
@@ -82,6 +86,15 @@ class Settings:
             except ValueError as exc:
                 raise ValueError(f"{var}={raw!r} is not a valid number") from exc
         return cls(**values)
+
+
+def _flag(var: str, raw: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{var}={raw!r} is not a boolean (1/0, on/off)")
 
 
 # Settings field -> environment variable.
@@ -102,6 +115,7 @@ ENVIRONMENT = {
     "openai_api_key": "OPENAI_API_KEY",
     "model": "CHUNKQ_MODEL",
     "max_tokens": "CHUNKQ_MAX_TOKENS",
+    "stream": "CHUNKQ_STREAM",
     "prompt_file": "CHUNKQ_PROMPT_FILE",
     "reduce_prompt_file": "CHUNKQ_REDUCE_PROMPT_FILE",
     "attempt_timeout_s": "CHUNKQ_ATTEMPT_TIMEOUT_S",

@@ -91,6 +91,7 @@ def provider_from_settings(settings: Settings) -> Provider:
             "api_key": settings.openai_api_key,
             "model": settings.model,
             "max_tokens": settings.max_tokens,
+            "stream": settings.stream,
             "retry_after_cap_s": settings.retry_after_max_s,
             "prompt_template": load_template(settings.prompt_file, "CHUNKQ_PROMPT_FILE", "{text}"),
             "reduce_template": load_template(

@@ -1,9 +1,11 @@
 """Chat-completions replies off the wire: a JSON body, or a stream of server-sent events.
 
-chunkq asks for a stream: tokens arrive as they are generated, so the attempt's deadline is
-checked between them, and closing the connection makes the server stop generating (a
-server that was sent a plain request keeps generating for a client that left). A server
-that ignores ``stream`` answers one JSON body, which reads the same way.
+With CHUNKQ_STREAM=1 chunkq asks for a stream: tokens arrive as they are generated, and
+closing the connection makes the server stop generating (llama.cpp keeps generating for a
+client that sent a plain request and left). It is off by default because llama.cpp's
+server cuts a stream short whenever another request waits (its ``interrupt_requests``), and
+reports a context overflow inside a stream only by dropping it. A server that ignores
+``stream`` answers one JSON body, which reads the same way.
 """
 
 from __future__ import annotations
@@ -65,6 +67,12 @@ def from_events(pieces: Iterator[bytes], check: Callable[[], None]) -> Completio
             if data is None:
                 continue
             if data == "[DONE]":
+                if reply.finish_reason is None:
+                    raise RetryableError(
+                        "the server ended the stream before the reply finished (llama.cpp does"
+                        " so when another request waits: start it with --interrupt_requests"
+                        " False, or leave CHUNKQ_STREAM off)"
+                    )
                 return _finish(reply, deltas)
             deltas += _apply(reply, data)
     if buffer.strip():

@@ -6,7 +6,8 @@ Speaks to OpenAI and to the servers that copy its API (vLLM, Ollama, llama.cpp, 
   a server rejects one, and checks every reply against the schema (``replies``);
 - splits a chunk the model's context cannot hold, keeping the pieces that succeeded;
 - reduces a document in a tree when its analyses do not fit one call;
-- bounds every call by its attempt's deadline, and lets the worker cut a call off.
+- bounds every call by its attempt's deadline, and lets the worker cut a call off (with
+  ``stream``, closing the connection also makes the server stop generating).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class OpenAIProvider:
         prompt_template: str | None = None,
         reduce_template: str | None = None,
         max_tokens: int = 1024,
+        stream: bool = False,
         retry_after_cap_s: float = 300.0,
         max_split_depth: int = MAX_SPLIT_DEPTH,
         reduce_budget_chars: int = REDUCE_BUDGET_CHARS,
@@ -86,6 +88,7 @@ class OpenAIProvider:
         self.base_url = str(url)
         self.model = model
         self.max_tokens = max_tokens
+        self.stream = stream
         self.timeout_connect = timeout_connect
         self.timeout_read = timeout_read
         self.attempt_timeout_s = attempt_timeout_s
@@ -313,12 +316,13 @@ class OpenAIProvider:
                 ],
                 "temperature": RETRY_TEMPERATURE if retry else 0,
                 "max_tokens": self.max_tokens,
-                "stream": True,
-                "stream_options": {"include_usage": True},
             }
+            if self.stream:
+                payload["stream"] = True
+                payload["stream_options"] = {"include_usage": True}
             if retry:
                 payload["seed"] = int(hashlib.sha256(user_content.encode()).hexdigest()[:8], 16)
-            response_format = _response_format(FORMATS[index])
+            response_format = response_format_body(FORMATS[index])
             if response_format is not None:
                 payload["response_format"] = response_format
             try:
@@ -427,7 +431,8 @@ class _Tree:
             self.usage[key] += value
 
 
-def _response_format(name: str) -> dict[str, Any] | None:
+def response_format_body(name: str) -> dict[str, Any] | None:
+    """The request's ``response_format`` for format ``name`` (one of FORMATS); None: leave it out."""
     if name == "json_schema":
         return {
             "type": "json_schema",
