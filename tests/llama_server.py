@@ -68,11 +68,11 @@ def model_path() -> Path | None:
 
 def available() -> bool:
     """Whether ``python -m llama_cpp.server`` can run here with the SmolLM2 model."""
-    try:
-        spec = importlib.util.find_spec("llama_cpp.server")
-    except ModuleNotFoundError:  # ``llama_cpp`` itself is missing
-        return False
-    return spec is not None and model_path() is not None
+    # Looked up without importing: importing llama_cpp loads the native library.
+    spec = importlib.util.find_spec("llama_cpp")
+    places = spec.submodule_search_locations if spec is not None else None
+    server = any((Path(p) / "server" / "__main__.py").is_file() for p in places or ())
+    return server and model_path() is not None
 
 
 def _free_port() -> int:
