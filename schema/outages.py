@@ -72,19 +72,20 @@ def take_probe(
     *,
     max_delay_s: float,
     now: datetime | None = None,
-) -> bool:
-    """Claim the right to one probe call if it is due; the next probe's time moves out by the
-    doubled backoff at once, so a prober that dies does not hold the circuit shut."""
+) -> float | None:
+    """Claim the right to one probe call if it is due; returns the seconds until the next
+    probe, None when none was due. The next probe's time moves out by the doubled backoff
+    at once, so a prober that dies does not hold the circuit shut."""
     row = conn.execute(
         f"""UPDATE provider_outages
             SET probes = probes + 1,
                 probe_delay_s = least(probe_delay_s * 2, %(max)s),
                 probe_at = {NOW} + make_interval(secs => least(probe_delay_s * 2, %(max)s))
             WHERE provider = %(p)s AND ended_at IS NULL AND probe_at <= {NOW}
-            RETURNING id""",
+            RETURNING probe_delay_s""",
         {"p": provider, "max": max_delay_s, "now": now},
     ).fetchone()
-    return row is not None
+    return None if row is None else float(row[0])
 
 
 def close_circuit(

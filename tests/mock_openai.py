@@ -399,6 +399,11 @@ class MockOpenAI:
     # serving
 
     def _handle(self, handler: _Handler) -> None:
+        if self._closing.is_set():
+            # Closed: a request on a kept-alive connection gets it dropped, as from a server
+            # that went away (new connections are refused: the listening socket is gone).
+            handler.close_connection = True
+            return
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length else b""
         try:

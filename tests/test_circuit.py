@@ -33,12 +33,12 @@ def test_outages__one_open_row_per_provider_probes_when_due_and_closes(
         assert not outages.open_circuit(db, "p", "reset", failures=2, probe_in_s=1, now=at(0.5))
         assert outages.open_circuit(db, "other", "down", failures=1, probe_in_s=1, now=at(0))
     with db.transaction():
-        assert not outages.take_probe(db, "p", max_delay_s=4, now=at(0.9))  # not due yet
-        assert outages.take_probe(db, "p", max_delay_s=4, now=at(1.0))
-        assert not outages.take_probe(db, "p", max_delay_s=4, now=at(1.5))  # one at a time
-        assert outages.take_probe(db, "p", max_delay_s=4, now=at(3.0))  # after 2 s: doubled
-        assert not outages.take_probe(db, "p", max_delay_s=4, now=at(6.9))
-        assert outages.take_probe(db, "p", max_delay_s=4, now=at(7.0))  # capped at 4 s
+        assert outages.take_probe(db, "p", max_delay_s=4, now=at(0.9)) is None  # not due yet
+        assert outages.take_probe(db, "p", max_delay_s=4, now=at(1.0)) == 2.0
+        assert outages.take_probe(db, "p", max_delay_s=4, now=at(1.5)) is None  # one at a time
+        assert outages.take_probe(db, "p", max_delay_s=4, now=at(3.0)) == 4.0  # doubled
+        assert outages.take_probe(db, "p", max_delay_s=4, now=at(6.9)) is None
+        assert outages.take_probe(db, "p", max_delay_s=4, now=at(7.0)) == 4.0  # capped
         assert outages.current(db, "p", now=at(8)) is not None
         assert outages.close_circuit(db, "p", now=at(10)) == 10.0
         assert outages.close_circuit(db, "p", now=at(11)) is None
@@ -65,16 +65,31 @@ def test_provider_outage__pauses_the_queue_and_the_job_completes_with_nothing_fa
     settings = Settings(poll_interval_s=0.1, circuit_max_s=2.0)
     providers = [OpenAIProvider(mock.base_url, None, "m") for _ in range(2)]
     workers = [make_worker(database_url, p, settings, concurrency=3) for p in providers]
+    steps = [0, 0]
+    for i, worker in enumerate(workers):
+        step_once = worker.run_once
+
+        def counted(i: int = i, step_once: Any = step_once) -> Any:
+            steps[i] += 1
+            return step_once()
+
+        worker.run_once = counted  # type: ignore[method-assign]
     try:
         with running(workers[0]), running(workers[1]):
             wait_for(lambda: job_row(db, job_id)["chunks_completed"] >= 5, 20, "some progress")
             mock.close()  # the provider goes away mid-job
+            print("AT CLOSE", job_row(db, job_id)["chunks_completed"], total)
             wait_for(lambda: outages.current(db, providers[0].endpoint), 10, "the circuit to open")
             outage_s = 6.0
             deadline = time.monotonic() + outage_s
+            before = sum(steps)
             while time.monotonic() < deadline:  # the outage itself: nothing may fail
                 assert job_row(db, job_id)["chunks_failed"] == 0
                 time.sleep(0.2)
+            # While the circuit holds the due work, workers sleep until the next probe rather
+            # than spin on it (a spin starves a model server on the same machine).
+            # Each worker polls every 0.1 s here (poll_interval_s), plus a wake per probe.
+            assert sum(steps) - before < 2 * outage_s * 15
             mock = MockOpenAI(port=port, latency_s=0.05).start()  # back on the same port
             wait_for(lambda: job_row(db, job_id)["status"] == "COMPLETED", 30, "the job")
     finally:

@@ -67,10 +67,14 @@ class Circuit:
             return free
         if self.probing or free <= 0:
             return 0
-        if outages.take_probe(conn, self.key, max_delay_s=self.max_delay_s, now=self._clock()):
-            log.info("provider circuit open: probing with one call")
-            return 1
-        return 0
+        next_probe = outages.take_probe(
+            conn, self.key, max_delay_s=self.max_delay_s, now=self._clock()
+        )
+        if next_probe is None:
+            return 0
+        self.probe_in_s = next_probe
+        log.info("provider circuit open: probing with one call")
+        return 1
 
     def settle(
         self,

@@ -607,8 +607,6 @@ class Worker:
         if self._calls:
             deadline = min(call.deadline for call in self._calls.values())
             wait = min(wait, max(0.0, deadline - now))
-        if self.circuit.open:
-            wait = min(wait, max(0.05, self.circuit.probe_in_s))
         wait = min(wait, max(0.0, self._next_rescue - now))
         if grace_deadline is not None:
             wait = min(wait, max(0.0, grace_deadline - now))
@@ -616,6 +614,10 @@ class Worker:
             wait = min(wait, max(0.0, self._batch_opened + BATCH_WINDOW_S - now))
         if self._capped:
             wait = min(wait, 1.0)
+        elif self.circuit.open:
+            # Work is due but the circuit holds it: sleep until the next probe (a finished
+            # probe wakes us sooner), not until the due work, which is now.
+            wait = min(wait, max(0.05, self.circuit.probe_in_s))
         elif len(self._inflight) < self.concurrency and not self.stopping.is_set():
             due = self.seconds_until_due()
             if due is not None:

@@ -432,7 +432,7 @@ class _Tree:
 
 
 def response_format_body(name: str) -> dict[str, Any] | None:
-    """The request's ``response_format`` for format ``name`` (one of FORMATS); None: leave it out."""
+    """The request's ``response_format`` for format ``name`` (of FORMATS); None: none."""
     if name == "json_schema":
         return {
             "type": "json_schema",
