@@ -18,11 +18,13 @@ outage   12 chunks; the server is SIGKILLed after the first chunk succeeds and s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -66,6 +68,26 @@ def finished(conn: psycopg.Connection[Any], job_id: uuid.UUID) -> dict[str, Any]
     return report if done else None
 
 
+@contextlib.contextmanager
+def scenario(
+    ctx: Context, logs: Path, label: str, workers: int, n_ctx: int = 2048
+) -> Iterator[tuple[LlamaServer, psycopg.Connection[Any]]]:
+    """A real server, a fresh database and ``workers`` idle ``python -m workerd`` on it."""
+    with (
+        LlamaServer(n_ctx=n_ctx, log=logs / f"llama-{label}.log") as server,
+        ctx.database(f"llm_{label}") as url,
+        psycopg.connect(url, autocommit=True) as conn,
+    ):
+        env = {
+            "CHUNKQ_PROVIDER": "openai",
+            "OPENAI_BASE_URL": server.base_url,
+            "CHUNKQ_MODEL": MODEL_ALIAS,
+        }
+        with procs.workers(url, logs, label, workers, **env):
+            procs.wait_listening(conn, workers)
+            yield server, conn
+
+
 def direct_seconds(base_url: str, chunks: list[str]) -> float:
     """The reference: each chunk's request sent straight to the server, one after another."""
     total = 0.0
@@ -90,23 +112,13 @@ def direct_seconds(base_url: str, chunks: list[str]) -> float:
 def normal(ctx: Context, logs: Path) -> tuple[list[Figure], float]:
     text = "\n\n".join(PARAGRAPHS * 2)
     spans = split_text(text, 450)
-    with (
-        LlamaServer(log=logs / "llama-normal.log") as server,
-        ctx.database("llm_normal") as url,
-        psycopg.connect(url, autocommit=True) as conn,
-    ):
+    with scenario(ctx, logs, "normal", 1) as (server, conn):
+        # The reference first, while the worker idles: the same requests, straight.
         reference = direct_seconds(server.base_url, [text[s:e] for s, e in spans])
-        env = {
-            "CHUNKQ_PROVIDER": "openai",
-            "OPENAI_BASE_URL": server.base_url,
-            "CHUNKQ_MODEL": MODEL_ALIAS,
-        }
-        with procs.workers(url, logs, "normal", 1, **env):
-            procs.wait_listening(conn, 1)
-            started = time.monotonic()
-            job_id = submit(conn, text, 450)
-            report = wait_until(lambda: finished(conn, job_id), 600, "the job", interval=0.2)
-            took = time.monotonic() - started
+        started = time.monotonic()
+        job_id = submit(conn, text, 450)
+        report = wait_until(lambda: finished(conn, job_id), 600, "the job", interval=0.2)
+        took = time.monotonic() - started
     n = len(spans)
     per_call = reference / n
     return [
@@ -126,23 +138,12 @@ def normal(ctx: Context, logs: Path) -> tuple[list[Figure], float]:
 def split(ctx: Context, logs: Path, per_call: float) -> list[Figure]:
     chunk = "\n\n".join(PARAGRAPHS * 4)
     text = chunk + "\n\n" + chunk
-    with (
-        LlamaServer(n_ctx=512, log=logs / "llama-split.log") as server,
-        ctx.database("llm_split") as url,
-        psycopg.connect(url, autocommit=True) as conn,
-    ):
-        env = {
-            "CHUNKQ_PROVIDER": "openai",
-            "OPENAI_BASE_URL": server.base_url,
-            "CHUNKQ_MODEL": MODEL_ALIAS,
-        }
-        with procs.workers(url, logs, "split", 1, **env):
-            procs.wait_listening(conn, 1)
-            started = time.monotonic()
-            job_id = submit(conn, text, len(chunk) + 2, reduce=True)
-            report = wait_until(lambda: finished(conn, job_id), 1800, "the job", interval=0.5)
-            took = time.monotonic() - started
-        calls = server_calls(server.log)
+    with scenario(ctx, logs, "split", 1, n_ctx=512) as (server, conn):
+        started = time.monotonic()
+        job_id = submit(conn, text, len(chunk) + 2, reduce=True)
+        report = wait_until(lambda: finished(conn, job_id), 1800, "the job", interval=0.5)
+        took = time.monotonic() - started
+    calls = server_calls(server.log)
     pieces = [s["parts"] for s in report["split_chunks"]]
     reduce = report["analysis_result"]["reduce"]
     return [
@@ -173,34 +174,23 @@ def server_calls(log: Path) -> int:
 
 def outage(ctx: Context, logs: Path, outage_s: float) -> list[Figure]:
     text = "\n\n".join(PARAGRAPHS * 4)
-    with (
-        LlamaServer(log=logs / "llama-outage.log") as server,
-        ctx.database("llm_outage") as url,
-        psycopg.connect(url, autocommit=True) as conn,
-    ):
-        env = {
-            "CHUNKQ_PROVIDER": "openai",
-            "OPENAI_BASE_URL": server.base_url,
-            "CHUNKQ_MODEL": MODEL_ALIAS,
-        }
-        with procs.workers(url, logs, "outage", 2, **env):
-            procs.wait_listening(conn, 2)
-            started = time.monotonic()
-            job_id = submit(conn, text, 450)
-            wait_until(
-                lambda: job_report(conn, job_id)["chunks_completed"] >= 1,  # type: ignore[index]
-                300,
-                "a first chunk",
-                interval=0.2,
-            )
-            server.kill()
-            killed = time.monotonic() - started
-            time.sleep(outage_s)
-            failed_during = job_report(conn, job_id)["chunks_failed"]  # type: ignore[index]
-            server.start()
-            back = time.monotonic() - started
-            report = wait_until(lambda: finished(conn, job_id), 900, "the job", interval=0.5)
-            done = time.monotonic() - started
+    with scenario(ctx, logs, "outage", 2) as (server, conn):
+        started = time.monotonic()
+        job_id = submit(conn, text, 450)
+        wait_until(
+            lambda: job_report(conn, job_id)["chunks_completed"] >= 1,  # type: ignore[index]
+            300,
+            "a first chunk",
+            interval=0.2,
+        )
+        server.kill()
+        killed = time.monotonic() - started
+        time.sleep(outage_s)  # the outage itself
+        failed_during = job_report(conn, job_id)["chunks_failed"]  # type: ignore[index]
+        server.start()
+        back = time.monotonic() - started
+        report = wait_until(lambda: finished(conn, job_id), 900, "the job", interval=0.5)
+        done = time.monotonic() - started
     [down] = report["provider_unavailable"] or [None]
     timeline = (
         f"killed at {killed:.1f}s, back at {back:.1f}s, done at {done:.1f}s; circuit open"

@@ -21,6 +21,7 @@ from tests.mock_openai import MockOpenAI, Reply, analysis_reply, mock_openai_fix
 from tests.processes import start_worker, stop, wait_for
 from tests.support import assert_invariants, chunk_rows, job_row, submit
 from workerd.listen import listener
+from workerd.pool import AttemptPool
 from workerd.providers import Call, OpenAIProvider, SimulatedProvider
 from workerd.settings import Settings
 from workerd.worker import Worker
@@ -199,3 +200,25 @@ def test_sigterm__an_attempt_within_its_deadline_is_handed_back_uncounted(
     [chunk] = chunk_rows(db, job_id)
     assert (chunk["status"], chunk["attempts"]) == ("pending", 0)
     assert logged(db, job_id) == []
+
+
+def test_attempt_pool__a_stuck_thread_is_replaced_and_retires_when_its_call_returns() -> None:
+    done: list[str] = []
+    finished = threading.Event()
+
+    def record(outcome: str) -> None:
+        done.append(outcome)
+        finished.set()
+
+    pool: AttemptPool[str] = AttemptPool(1, record)
+    release = threading.Event()
+    pool.submit(lambda: (release.wait(30), "stuck")[1])
+    pool.replace_stuck()
+    pool.submit(lambda: "next")
+    assert finished.wait(5) and done == ["next"]  # ran while the first call still hangs
+    assert pool.threads == 2
+    release.set()
+    wait_for(lambda: pool.threads == 1, 5, "the surplus thread to retire")
+    assert done == ["next", "stuck"]
+    pool.stop()
+    wait_for(lambda: pool.threads == 0, 5, "the pool to stop")

@@ -60,9 +60,19 @@ def drain(worker: Worker, db: psycopg.Connection[Any], job_id: Any, timeout: flo
     raise AssertionError(f"job {job_id} not done within {timeout}s: {job_row(db, job_id)}")
 
 
-def in_process_worker(url: str, provider: OpenAIProvider) -> Worker:
+def run_job(
+    url: str, db: psycopg.Connection[Any], provider: OpenAIProvider, job_id: Any, timeout: float
+) -> float:
+    """Run one in-process worker on ``provider`` until the job is done; its seconds."""
     settings = Settings(provider="openai", backoff_base_s=0.1, backoff_max_s=0.2)
-    return Worker(settings, provider, functools.partial(connect, url, autocommit=True))
+    worker = Worker(settings, provider, functools.partial(connect, url, autocommit=True))
+    started = time.monotonic()
+    try:
+        drain(worker, db, job_id, timeout)
+    finally:
+        worker.close()
+        provider.close()
+    return time.monotonic() - started
 
 
 def test_real_model__default_prompt_gives_a_valid_analysis_for_every_chunk(
@@ -75,14 +85,7 @@ def test_real_model__default_prompt_gives_a_valid_analysis_for_every_chunk(
     assert "'gpt-4o-mini' is not among the models" in warning and MODEL_ALIAS in warning
     job_id = submit(db, TEXT, 500)
     total = job_row(db, job_id)["chunks_total"]
-    worker = in_process_worker(database_url, provider)
-    started = time.monotonic()
-    try:
-        drain(worker, db, job_id, timeout=300)
-    finally:
-        worker.close()
-        provider.close()
-    took = time.monotonic() - started
+    took = run_job(database_url, db, provider, job_id, timeout=300)
     row = job_row(db, job_id)
     assert row["status"] == "COMPLETED", [c["error"] for c in chunk_rows(db, job_id)]
     # llama.cpp refuses json_schema with a 500 that names it; its own schema form holds.
@@ -105,14 +108,7 @@ def test_real_model__chunks_far_over_a_512_token_context_succeed_by_splitting(
     with LlamaServer(n_ctx=512, log=tmp_path / "llama.log") as small:
         provider = OpenAIProvider(small.base_url, None, MODEL_ALIAS)
         job_id = submit(db, text, len(chunk) + 2, reduce=True)
-        worker = in_process_worker(database_url, provider)
-        started = time.monotonic()
-        try:
-            drain(worker, db, job_id, timeout=900)
-        finally:
-            worker.close()
-            provider.close()
-    took = time.monotonic() - started
+        took = run_job(database_url, db, provider, job_id, timeout=900)
     report = client.get(f"/v1/analyze/{job_id}").get_json()
     assert report["status"] == "COMPLETED", report["errors"]
     chunks = report["analysis_result"]["chunks"]

@@ -28,6 +28,7 @@ from schema import queue, reductions
 from schema.queue import ClaimedChunk, Failure, Success
 from schema.reductions import ClaimedReduction
 from workerd.circuit import Circuit
+from workerd.pool import AttemptPool
 from workerd.providers import (
     AttemptTimeout,
     Call,
@@ -133,7 +134,7 @@ class Worker:
         self._finished: queue_mod.SimpleQueue[Outcome] = queue_mod.SimpleQueue()
         self._unrecorded: list[Outcome] = []
         self._reduces = can_reduce(provider)
-        self._pool: _AttemptPool | None = None
+        self._pool: AttemptPool[Outcome] | None = None
         self.wake = threading.Event()
         self.stopping = threading.Event()
         # Set when a job was cancelled somewhere: check our leases now, not at the heartbeat.
@@ -547,7 +548,7 @@ class Worker:
 
         ``listen`` runs in a background thread and sets ``self.wake`` when work arrives.
         """
-        self._pool = _AttemptPool(self, self.concurrency)
+        self._pool = AttemptPool(self.concurrency, self._done)
         if listen is not None:
             threading.Thread(target=listen, args=(self,), name="chunkq-listen", daemon=True).start()
         grace_deadline: float | None = None
@@ -636,6 +637,11 @@ class Worker:
             log.warning("could not hand back chunks (%s); their leases will expire", exc)
         return 0
 
+    def _done(self, outcome: Outcome) -> None:
+        """An attempt thread's outcome: queued for recording, and the loop woken."""
+        self._finished.put(outcome)
+        self.wake.set()
+
     def stop(self) -> None:
         """Stop claiming; ``run`` finishes in-flight chunks within the grace period."""
         self.stopping.set()
@@ -663,57 +669,3 @@ def encode(result: Any) -> str:
 
 # json.dumps writes NUL as \u0000; an even run of backslashes before it is escaped text.
 _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-
-
-class _AttemptPool:
-    """Daemon threads that run provider calls. Daemon, so a provider call stuck past the
-    grace period cannot keep the process alive after its chunks were handed back.
-
-    A thread stuck in a call the worker gave up on is replaced at once (``replace_stuck``);
-    when the stuck call finally returns, one thread retires, so the pool keeps ``size``
-    threads free for work however many calls hang.
-    """
-
-    def __init__(self, worker: Worker, size: int) -> None:
-        self._worker = worker
-        self._tasks: queue_mod.SimpleQueue[Callable[[], Outcome] | None] = queue_mod.SimpleQueue()
-        self._lock = threading.Lock()
-        self._surplus = 0  # threads to retire as calls return
-        self._count = 0
-        self._threads = 0
-        for _ in range(size):
-            self._spawn()
-
-    def _spawn(self) -> None:
-        with self._lock:
-            self._count += 1
-            self._threads += 1
-            name = f"chunkq-attempt-{self._count}"
-        threading.Thread(target=self._loop, name=name, daemon=True).start()
-
-    def submit(self, attempt: Callable[[], Outcome]) -> None:
-        self._tasks.put(attempt)
-
-    def replace_stuck(self) -> None:
-        """One thread is stuck in an abandoned call: start another in its place."""
-        with self._lock:
-            self._surplus += 1
-        self._spawn()
-
-    def stop(self) -> None:
-        with self._lock:
-            threads = self._threads
-        for _ in range(threads):
-            self._tasks.put(None)
-
-    def _loop(self) -> None:
-        while (attempt := self._tasks.get()) is not None:
-            self._worker._finished.put(attempt())
-            self._worker.wake.set()
-            with self._lock:
-                if self._surplus > 0:
-                    self._surplus -= 1
-                    self._threads -= 1
-                    return
-        with self._lock:
-            self._threads -= 1
