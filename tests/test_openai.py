@@ -1074,3 +1074,9 @@ def test_retry_after__the_server_wins_over_a_smaller_backoff_cap_up_to_its_own()
     assert delay(120) == 120.0  # not capped by CHUNKQ_BACKOFF_MAX_S=2
     assert delay(1000) == 300.0  # capped by CHUNKQ_RETRY_AFTER_MAX_S
     assert 0.5 <= (delay(0.1) or 0) <= 1.0  # a shorter hint leaves the backoff alone
+
+
+def test_openai__a_call_without_a_deadline_is_limited_by_nothing_but_the_server(
+    provider: OpenAIProvider,
+) -> None:
+    assert provider.analyze(TEXT, Call())["summary"] == analysis(TEXT)["summary"]

@@ -356,7 +356,10 @@ class OpenAIProvider:
         call.check()
         left = call.remaining()
         read = left if self.timeout_read is None else min(self.timeout_read, left)
-        timeout = httpx.Timeout(read, connect=min(self.timeout_connect, left))
+        # A Call without a deadline leaves only the read timeout, if any (None: no limit).
+        timeout = httpx.Timeout(
+            None if math.isinf(read) else read, connect=min(self.timeout_connect, left)
+        )
         ident = threading.get_ident()
 
         def abort() -> None:
