@@ -953,10 +953,18 @@ def test_shared_cap__three_worker_processes_never_exceed_three_requests_at_once(
         "CHUNKQ_PROVIDER_CONCURRENCY": "3",
     }
     workers = [
-        start_worker(database_url, "--concurrency", "16", log=tmp_path / f"w{i}.log", **env)
+        # Two slots each: no worker can fill the cap of 3 alone, so reaching 3 in flight takes
+        # two processes, and going past it would be the cap failing across processes. (With 16
+        # slots each, one worker could hold the whole cap and drain the job by itself.)
+        start_worker(database_url, "--concurrency", "2", log=tmp_path / f"w{i}.log", **env)
         for i in range(3)
     ]
     try:
+        # Every worker listening before the job arrives: otherwise the first one up takes the
+        # whole cap and, re-claiming each slot it frees, can drain the job alone.
+        listening = """SELECT count(*) FROM pg_stat_activity
+                       WHERE datname = current_database() AND query ILIKE 'LISTEN %%'"""
+        wait_for(lambda: db.execute(listening).fetchone()[0] >= 3, 30, "3 workers to LISTEN")  # type: ignore[index]
         job_id = submit(db, text, 60)
         total = job_row(db, job_id)["chunks_total"]
         assert total >= 30
