@@ -1,10 +1,10 @@
 """The circuit breaker: a provider outage pauses the queue instead of failing its chunks.
 
 Each worker counts provider-unavailable failures in a row (refused or dropped connections,
-5xx), across chunks; any answer from the provider resets the count. At the threshold it
-opens the circuit for every worker through the database (``schema.outages``). While it is
-open, workers claim only one probe at a time, spaced by a doubling backoff up to a cap, and
-failures for want of the provider hand their attempts back; the first success closes it.
+5xx), across chunks; a success resets the count. At the threshold it opens the circuit for
+every worker through the database (``schema.outages``). While it is open, workers claim only
+one probe at a time, spaced by a doubling backoff up to a cap, and failures for want of the
+provider hand their attempts back; a probe's success closes it.
 """
 
 from __future__ import annotations
