@@ -123,6 +123,8 @@ class Chunk(Base):
     # The pieces of a split chunk that earlier attempts finished ({"start", "end", ...result}),
     # so a retry asks only for the rest; cleared when the chunk succeeds.
     parts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    # The provider (its name) that produced ``result``: a job is merged by each result's own.
+    provider: Mapped[str | None] = mapped_column(Text)
 
 
 class ChunkAttempt(Base):

@@ -13,9 +13,11 @@ waiting on a pending chunk.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -29,11 +31,23 @@ NOTIFY_CHANNEL = "chunkq_work"
 CANCEL_NOTICE = "cancel"
 # pg_advisory_xact_lock key serialising capped claims (an arbitrary constant: "chunkq").
 CAP_LOCK_KEY = 0x6368756E6B71
+# pg_try_advisory_xact_lock key: one rescuer at a time across the fleet ("chunkqr").
+RESCUE_LOCK_KEY = 0x6368756E6B7172
+
+log = logging.getLogger("chunkq.queue")
 
 # `now` as a parameter, or the database's clock when the caller passes None.
 NOW = "COALESCE(%(now)s::timestamptz, now())"
 
 Summarize = Callable[[list[tuple[int, dict[str, Any]]]], dict[str, Any]]
+# A provider's merge, looked up by the provider's name (each chunk records the provider
+# that produced its result; None for results recorded before names were kept).
+Merge = Callable[[str | None], Summarize]
+
+
+def merge_with(summarize: Summarize) -> Merge:
+    """A Merge that merges every result with ``summarize``, whoever produced it."""
+    return lambda _provider: summarize
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +101,22 @@ class Recorded:
     applied: int
     dropped: list[tuple[uuid.UUID, int]]
     finalized: dict[uuid.UUID, JobStatus]
+    # Outcomes not written because another transaction holds their job's row: still ours
+    # (the lease is untouched), to be recorded by a later transaction.
+    deferred: list[tuple[uuid.UUID, int]] = field(default_factory=list)
+
+
+def jsonb_text(value: Any) -> str:
+    """``value`` as JSON text that jsonb accepts, or ValueError: no NaN or infinity, no NUL
+    character (U+0000), which PostgreSQL text cannot hold."""
+    text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    if _NUL.search(text):
+        raise ValueError("a NUL character (U+0000) cannot be stored")
+    return text
+
+
+# json.dumps writes NUL as \u0000; an even run of backslashes before it is escaped text.
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def enqueue(
@@ -178,21 +208,31 @@ def claim(
     many finished rows the table holds. The job moves PENDING -> PROCESSING in the same
     statement, so a client never sees a running chunk under a PENDING job.
 
-    ``cap`` bounds the chunks running across every worker (CHUNKQ_PROVIDER_CONCURRENCY).
-    Capped claims take a transaction-scoped advisory lock first, so the count of running
-    chunks each one reads stays true until it commits: no two workers can both fill the
-    last free slot.
+    ``cap`` bounds the provider calls running across every worker, chunks and reductions
+    (CHUNKQ_PROVIDER_CONCURRENCY); see ``running_calls``.
     """
     if cap is not None:
-        conn.execute("SELECT pg_advisory_xact_lock(%(key)s)", {"key": CAP_LOCK_KEY})
-        row = conn.execute("SELECT count(*) FROM chunks WHERE status = 'running'").fetchone()
-        limit = min(limit, cap - (row[0] if row else 0))
+        limit = min(limit, cap - running_calls(conn))
     if limit <= 0:
         return []
     rows = conn.execute(
         _CLAIM, {"limit": limit, "me": worker_id, "lease": lease_s, "now": now}
     ).fetchall()
     return [ClaimedChunk(*row) for row in rows]
+
+
+def running_calls(conn: psycopg.Connection[Any]) -> int:
+    """Provider calls running across the fleet (chunks and reductions), for a capped claim.
+
+    Takes a transaction-scoped advisory lock first, so the count each capped claimer reads
+    stays true until it commits: no two workers can both fill the last free slot.
+    """
+    conn.execute("SELECT pg_advisory_xact_lock(%(key)s)", {"key": CAP_LOCK_KEY})
+    row = conn.execute(
+        """SELECT (SELECT count(*) FROM chunks WHERE status = 'running')
+                + (SELECT count(*) FROM reductions WHERE status = 'running')"""
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def heartbeat(
@@ -266,7 +306,7 @@ WITH input AS (
 ), done AS (
     UPDATE chunks c
     SET status = 'succeeded', result = i.result::jsonb, error = NULL, parts = NULL,
-        finished_at = {NOW}, lease_expires_at = NULL
+        provider = %(provider)s, finished_at = {NOW}, lease_expires_at = NULL
     FROM input i
     WHERE c.job_id = i.job_id AND c.seq = i.seq AND c.attempts = i.attempt
       AND c.status = 'running' AND c.worker_id = %(me)s
@@ -337,8 +377,9 @@ def record(
     conn: psycopg.Connection[Any],
     worker_id: str,
     outcomes: Sequence[Success | Failure],
-    summarize: Summarize,
+    merge: Merge,
     *,
+    provider: str | None = None,
     now: datetime | None = None,
     notify: bool = False,
     reduces: bool = True,
@@ -347,24 +388,26 @@ def record(
 
     Run inside one transaction. Every write is fenced on (status running, attempt, owner):
     an outcome whose lease was lost matches no row and is reported in ``dropped``, never
-    written twice. ``notify`` wakes other workers at commit (under a shared cap, a finished
-    chunk frees a slot they may be waiting for). The counters move in the same statements
-    as the chunk states, so they equal the row counts at every commit; the job rows are
-    locked first, in id order, so the transaction that sees completed + failed = total is
-    the only one that can.
+    written twice. ``provider`` names who produced the successes' results, kept with each
+    so the job is merged by its own provider. ``notify`` wakes other workers at commit
+    (under a shared cap, a finished chunk frees a slot they may be waiting for). The
+    counters move in the same statements as the chunk states, so they equal the row counts
+    at every commit; the job rows are locked first, in id order, so the transaction that
+    sees completed + failed = total is the only one that can.
+
+    A job row held by another transaction (a paused peer, an operator's open session) is
+    skipped, not waited on: its outcomes come back in ``deferred`` and the rest of the
+    batch is written, so one held row never stops the other jobs from finishing.
     """
     if not outcomes:
         return Recorded(0, [], {})
+    held = held_jobs(conn, {o.chunk.job_id for o in outcomes if _counts(o)})
+    deferred = [o.chunk.key for o in outcomes if _counts(o) and o.chunk.job_id in held]
+    outcomes = [o for o in outcomes if not (_counts(o) and o.chunk.job_id in held)]
     successes = [o for o in outcomes if isinstance(o, Success)]
     failures = [o for o in outcomes if isinstance(o, Failure) and o.retry_in is None]
     retries = [o for o in outcomes if isinstance(o, Failure) and o.retry_in is not None]
-    params: dict[str, Any] = {"me": worker_id, "now": now}
-    touched = sorted({o.chunk.job_id for o in successes + failures})
-    if touched:
-        conn.execute(
-            "SELECT id FROM jobs WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE",
-            {"ids": touched},
-        )
+    params: dict[str, Any] = {"me": worker_id, "now": now, "provider": provider}
     rows: list[tuple[uuid.UUID, int, bool]] = []
     if successes:
         job_ids, seqs, attempts = _columns(o.chunk for o in successes)
@@ -397,11 +440,45 @@ def record(
     dropped = [o.chunk.key for o in outcomes if o.chunk.key not in applied]
     finalized: dict[uuid.UUID, JobStatus] = {}
     for job_id in sorted({job_id for job_id, _, all_final in rows if all_final}):
-        status = finalize(conn, job_id, summarize, now=now, reduces=reduces)
+        status = finalize(conn, job_id, merge, now=now, reduces=reduces)
         if status is not None:
             finalized[job_id] = status
-    return Recorded(len(applied), dropped, finalized)
+    return Recorded(len(applied), dropped, finalized, deferred)
 
+
+def _counts(outcome: Success | Failure) -> bool:
+    """Whether recording ``outcome`` moves its job's counters (a retry does not)."""
+    return isinstance(outcome, Success) or outcome.retry_in is None
+
+
+def held_jobs(conn: psycopg.Connection[Any], job_ids: set[uuid.UUID]) -> set[uuid.UUID]:
+    """Lock these job rows (id order, SKIP LOCKED); returns the ids another transaction
+    holds. A job that no longer exists is not held: its fenced writes simply match nothing."""
+    if not job_ids:
+        return set()
+    ids = sorted(job_ids)
+    locked = {
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM jobs WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE SKIP LOCKED",
+            {"ids": ids},
+        )
+    }
+    missing = [i for i in ids if i not in locked]
+    if not missing:
+        return set()
+    # A plain read never waits on a row lock: what exists among the rest is held elsewhere.
+    return {
+        row[0]
+        for row in conn.execute("SELECT id FROM jobs WHERE id = ANY(%(ids)s)", {"ids": missing})
+    }
+
+
+# The retry policy's backoff (workerd.retry.backoff) in SQL, for attempt c.attempts: the
+# exponential ceiling capped at the maximum, drawn from its upper half ("equal jitter").
+_BACKOFF = """(least(%(backoff_max)s::float8,
+                     %(backoff_base)s::float8 * power(2, greatest(c.attempts, 1) - 1))
+               * (0.5 + random() / 2))"""
 
 _RESCUE = f"""
 WITH expired AS (
@@ -412,8 +489,8 @@ WITH expired AS (
     UPDATE chunks c
     SET status = CASE WHEN c.attempts >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
         finished_at = CASE WHEN c.attempts >= %(max_attempts)s THEN {NOW} END,
-        next_attempt_at = {NOW}, worker_id = NULL, lease_expires_at = NULL,
-        error = %(error)s
+        next_attempt_at = {NOW} + make_interval(secs => {_BACKOFF}),
+        worker_id = NULL, lease_expires_at = NULL, error = %(error)s
     FROM expired e
     WHERE c.job_id = e.job_id AND c.seq = e.seq
     RETURNING c.job_id, c.seq, c.attempts, c.status, e.worker_id
@@ -436,21 +513,30 @@ WORKER_LOST = "worker lost: its lease expired before it reported (crashed, kille
 
 def rescue(
     conn: psycopg.Connection[Any],
-    summarize: Summarize,
+    merge: Merge,
     *,
     max_attempts: int,
+    backoff_base_s: float = 1.0,
+    backoff_max_s: float = 60.0,
     now: datetime | None = None,
     limit: int = 100,
     reduces: bool = True,
 ) -> tuple[int, int, dict[uuid.UUID, JobStatus]]:
-    """Take back chunks whose owner stopped heartbeating: pending again, or failed when the
-    lost attempt was the last (a chunk that keeps killing its workers is not retried forever).
+    """Take back chunks whose owner stopped heartbeating: pending again after the retry
+    backoff, or failed when the lost attempt was the last (a chunk that keeps killing its
+    workers is not retried forever, nor handed to the whole fleet at once).
 
     Returns (requeued, failed, finalized). The attempt was counted at claim time, so every
-    loss counts. Job rows are locked first (id order), as in ``record``; SKIP LOCKED lets
-    two rescuers split the work, and the expiry test is re-checked under the row lock, so
-    an owner that reported in time wins.
+    loss counts. One rescuer runs at a time (a transaction-scoped try-lock: the others skip
+    it rather than wait). Job rows are locked first (id order, SKIP LOCKED: a row held
+    elsewhere waits for the next round), as in ``record``; the expiry test is re-checked
+    under the row lock, so an owner that reported in time wins.
     """
+    row = conn.execute(
+        "SELECT pg_try_advisory_xact_lock(%(key)s)", {"key": RESCUE_LOCK_KEY}
+    ).fetchone()
+    if not (row and row[0]):
+        return 0, 0, {}
     jobs = [
         row[0]
         for row in conn.execute(
@@ -461,17 +547,22 @@ def rescue(
     ]
     if not jobs:
         return 0, 0, {}
-    jobs.sort()
-    conn.execute(
-        "SELECT id FROM jobs WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE", {"ids": jobs}
-    )
+    held = held_jobs(conn, set(jobs))
     rows = conn.execute(
-        _RESCUE, {"jobs": jobs, "max_attempts": max_attempts, "error": WORKER_LOST, "now": now}
+        _RESCUE,
+        {
+            "jobs": [j for j in jobs if j not in held],
+            "max_attempts": max_attempts,
+            "backoff_base": backoff_base_s,
+            "backoff_max": backoff_max_s,
+            "error": WORKER_LOST,
+            "now": now,
+        },
     ).fetchall()
     requeued = sum(1 for _, status, _ in rows if status == ChunkStatus.PENDING)
     finalized: dict[uuid.UUID, JobStatus] = {}
     for job_id in sorted({job_id for job_id, _, all_final in rows if all_final}):
-        status = finalize(conn, job_id, summarize, now=now, reduces=reduces)
+        status = finalize(conn, job_id, merge, now=now, reduces=reduces)
         if status is not None:
             finalized[job_id] = status
     if requeued:
@@ -482,7 +573,7 @@ def rescue(
 def finalize(
     conn: psycopg.Connection[Any],
     job_id: uuid.UUID,
-    summarize: Summarize,
+    merge: Merge,
     *,
     now: datetime | None = None,
     reduces: bool = True,
@@ -492,7 +583,8 @@ def finalize(
     Locks the job row (FOR UPDATE) and acts only if every chunk is final and the job is not
     terminal yet, so however many transactions race here, exactly one finalizes. Returns
     the new status, or None when there was nothing to do. A job that asked for the reduce
-    step gets it queued here, unless the provider has none (``reduces``).
+    step gets it queued here, unless the provider has none (``reduces``). A merge that
+    fails ends the job all the same (see ``summary``).
     """
     row = conn.execute(
         "SELECT status, chunks_total, chunks_completed, chunks_failed, options FROM jobs"
@@ -526,7 +618,7 @@ def finalize(
             WHERE id = %(id)s""",
         {
             "status": new_status.value,
-            "summary": json.dumps(summarize(succeeded_results(conn, job_id))),
+            "summary": summary(conn, job_id, merge),
             "extra": json.dumps(extra),
             "id": job_id,
             "now": now,
@@ -548,21 +640,53 @@ _MERGED = """jsonb_build_object(
     'summary', %(summary)s::jsonb)"""
 
 
-def succeeded_results(
-    conn: psycopg.Connection[Any], job_id: uuid.UUID
-) -> list[tuple[int, dict[str, Any]]]:
-    """(length, result) of a job's succeeded chunks in ``seq`` order: what ``summarize`` takes."""
-    return conn.execute(
-        """SELECT end_offset - start_offset, result FROM chunks
+def summary(conn: psycopg.Connection[Any], job_id: uuid.UUID, merge: Merge) -> str:
+    """The document-level merge of a job's succeeded chunks, as jsonb text.
+
+    Each result is merged by the provider that produced it: when a job's results come from
+    several providers (the fleet changed provider mid-job), each provider merges its own
+    and the summary lists them, ``{"providers": [{"provider", "chunks", "summary"}, ...]}``
+    in order of first appearance. A merge that raises, or returns what jsonb cannot hold,
+    does not stop the job: the summary becomes ``{"error": ...}`` saying why, and every
+    chunk's own result stays in ``analysis_result.chunks``.
+    """
+    rows = conn.execute(
+        """SELECT end_offset - start_offset, result, provider FROM chunks
            WHERE job_id = %(id)s AND status = 'succeeded' ORDER BY seq""",
         {"id": job_id},
     ).fetchall()
+    named = {provider for _, _, provider in rows if provider is not None}
+    # Results recorded before providers were named belong to the job's only named provider.
+    sole = next(iter(named)) if len(named) == 1 else None
+    groups: dict[str | None, list[tuple[int, dict[str, Any]]]] = {}
+    for length, result, provider in rows:
+        groups.setdefault(provider or sole, []).append((length, result))
+    try:
+        if len(groups) <= 1:
+            provider, results = next(iter(groups.items()), (None, []))
+            return jsonb_text(merge(provider)(results))
+        return jsonb_text(
+            {
+                "providers": [
+                    {"provider": name, "chunks": len(results), "summary": merge(name)(results)}
+                    for name, results in groups.items()
+                ]
+            }
+        )
+    except Exception as exc:
+        log.warning("merging the results of job %s failed: %r", job_id, exc)
+        return jsonb_text(
+            {
+                "error": f"the merge of the chunk results failed ({type(exc).__name__}: {exc});"
+                " each chunk's result is kept in analysis_result.chunks"
+            }
+        )
 
 
 def cancel(
     conn: psycopg.Connection[Any],
     job_id: uuid.UUID,
-    summarize: Summarize,
+    merge: Merge,
     *,
     now: datetime | None = None,
 ) -> JobStatus:
@@ -596,7 +720,7 @@ def cancel(
                             finished_at = {NOW}, updated_at = {NOW}
             WHERE id = %(id)s""",
         {
-            "summary": json.dumps(summarize(succeeded_results(conn, job_id))),
+            "summary": summary(conn, job_id, merge),
             "id": job_id,
             "now": now,
         },

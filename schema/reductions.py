@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from schema.queue import NOW
+from schema.queue import NOW, running_calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +67,14 @@ def claim(
     lease_s: float,
     max_attempts: int,
     now: datetime | None = None,
+    cap: int | None = None,
 ) -> ClaimedReduction | None:
     """Take one due reduction (or one whose owner's lease ran out), with its inputs.
 
     SKIP LOCKED as for chunks. A reduction whose lost attempts already reached the limit is
-    failed here instead of being claimed again, so a reduce that kills workers ends.
+    failed here instead of being claimed again, so a reduce that kills workers ends. A
+    reduction is a provider call like a chunk: under ``cap`` (CHUNKQ_PROVIDER_CONCURRENCY)
+    it is claimed only into a free slot.
     """
     conn.execute(
         f"""WITH lost AS (
@@ -88,6 +91,8 @@ def claim(
             FROM lost WHERE j.id = lost.job_id""",
         {"max": max_attempts, "now": now},
     )
+    if cap is not None and running_calls(conn) >= cap:
+        return None
     row = conn.execute(_CLAIM, {"me": worker_id, "lease": lease_s, "now": now}).fetchone()
     if row is None:
         return None

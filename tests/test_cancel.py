@@ -22,7 +22,9 @@ def test_cancel__cancels_pending_and_running_keeps_succeeded_and_drops_late_resu
     with db.transaction():
         first, second = queue.claim(db, "W", 2, lease_s=30)
     with db.transaction():
-        queue.record(db, "W", [Success(first, {"chars": 5, "words": 1})], lambda r: {})
+        queue.record(
+            db, "W", [Success(first, {"chars": 5, "words": 1})], queue.merge_with(lambda r: {})
+        )
 
     response = client.post(f"/v1/analyze/{job_id}/cancel")
     assert response.status_code == 200
@@ -34,7 +36,9 @@ def test_cancel__cancels_pending_and_running_keeps_succeeded_and_drops_late_resu
     assert body["analysis_result"]["summary"]["chunks"] == 1
 
     with db.transaction():
-        late = queue.record(db, "W", [Success(second, {"late": True})], lambda r: {})
+        late = queue.record(
+            db, "W", [Success(second, {"late": True})], queue.merge_with(lambda r: {})
+        )
     assert late.applied == 0 and late.dropped == [second.key]
     assert chunk_rows(db, second.job_id)[second.seq]["result"] is None
     with db.transaction():

@@ -147,7 +147,7 @@ def test_cancelling_a_job_whose_calls_hang__lets_the_next_job_run_at_once(
             time.sleep(0.3)  # settle: with both slots busy, the next job must not start
             assert job_row(db, waiting)["status"] == "PENDING"
             with db.transaction():
-                queue.cancel(db, hung, lambda results: {})
+                queue.cancel(db, hung, queue.merge_with(lambda results: {}))
             cancelled = time.monotonic()
             wait_for(lambda: job_row(db, waiting)["status"] == "COMPLETED", 5, "the next job")
             took = time.monotonic() - cancelled

@@ -22,7 +22,9 @@ def test_prune__deletes_only_old_finished_jobs_with_their_rows(
         job_id = submit(db, text, 8)
         with db.transaction():
             chunks = queue.claim(db, "W", 100, lease_s=30, now=at)
-            queue.record(db, "W", [Success(c, {}) for c in chunks], lambda r: {}, now=at)
+            queue.record(
+                db, "W", [Success(c, {}) for c in chunks], queue.merge_with(lambda r: {}), now=at
+            )
         return job_id
 
     old = finished("old job. more text.", t0)

@@ -18,6 +18,9 @@ def summarize(results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
     return {"chunks": len(results), "chars": sum(length for length, _ in results)}
 
 
+merge = queue.merge_with(summarize)
+
+
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
 
@@ -42,7 +45,7 @@ def record(
     conn: psycopg.Connection[Any], me: str, outcomes: list[Any], now: float = 1.0
 ) -> queue.Recorded:
     with conn.transaction():
-        return queue.record(conn, me, outcomes, summarize, now=at(now))
+        return queue.record(conn, me, outcomes, merge, now=at(now))
 
 
 def test_claim__skips_locked_rows(db: psycopg.Connection[Any], other: Any) -> None:
@@ -84,11 +87,13 @@ def test_rescue__reclaims_expired_lease_and_late_success_writes_nothing(
     job_id = submit(db, "slow chunk", 100)
     [old] = claim(db, "A", lease=10)
     with other.transaction():
-        assert queue.rescue(other, summarize, max_attempts=3, now=at(9)) == (0, 0, {})
+        assert queue.rescue(other, merge, max_attempts=3, now=at(9)) == (0, 0, {})
     with other.transaction():
-        requeued, failed, _ = queue.rescue(other, summarize, max_attempts=3, now=at(11))
+        requeued, failed, _ = queue.rescue(other, merge, max_attempts=3, now=at(11))
     assert (requeued, failed) == (1, 0)
-    [new] = claim(other, "B", now=11)
+    # Not due at once: the rescued chunk waits the retry backoff (0.5-1 s after attempt 1).
+    assert claim(other, "B", now=11.4) == []
+    [new] = claim(other, "B", now=12)
     assert new.attempt == 2
     late = record(db, "A", [Success(old, {"from": "A"})], now=12)
     assert late.applied == 0 and late.dropped == [old.key]
@@ -108,7 +113,7 @@ def test_heartbeat__keeps_the_lease(db: psycopg.Connection[Any]) -> None:
         assert queue.heartbeat(db, "A", chunks, lease_s=10, now=at(8)) == {chunks[0].key}
         assert queue.heartbeat(db, "B", chunks, lease_s=10, now=at(8)) == set()
     with db.transaction():
-        assert queue.rescue(db, summarize, max_attempts=3, now=at(12)) == (0, 0, {})
+        assert queue.rescue(db, merge, max_attempts=3, now=at(12)) == (0, 0, {})
     assert chunk_rows(db, job_id)[0]["lease_expires_at"] == at(18)
 
 
@@ -119,11 +124,12 @@ def test_rescue__fails_a_poison_pill_after_the_attempt_limit(db: psycopg.Connect
     t = 0.0
     for attempt in range(1, 4):
         if attempt > 1:
+            t += 2.0 ** (attempt - 2)  # the rescued chunk waits out the retry backoff
             [poison] = claim(db, f"W{attempt}", now=t, lease=5)
         assert (poison.seq, poison.attempt) == (0, attempt)
         t += 6  # the worker died: no heartbeat, no report
         with db.transaction():
-            requeued, failed, finalized = queue.rescue(db, summarize, max_attempts=3, now=at(t))
+            requeued, failed, finalized = queue.rescue(db, merge, max_attempts=3, now=at(t))
     assert (requeued, failed) == (0, 1)
     assert finalized == {job_id: queue.JobStatus.PARTIAL_SUCCESS}
     rows = chunk_rows(db, job_id)
@@ -178,7 +184,7 @@ def test_finalize__does_nothing_twice(db: psycopg.Connection[Any]) -> None:
     [chunk] = claim(db, "A")
     record(db, "A", [Success(chunk, {})])
     with db.transaction():
-        assert queue.finalize(db, job_id, summarize) is None
+        assert queue.finalize(db, job_id, merge) is None
 
 
 def test_cancel__cancels_pending_drops_late_result_and_conflicts_when_terminal(
@@ -188,7 +194,7 @@ def test_cancel__cancels_pending_drops_late_result_and_conflicts_when_terminal(
     first, second = claim(db, "A", limit=2)
     record(db, "A", [Success(first, {"n": 1})])
     with db.transaction():
-        assert queue.cancel(db, job_id, summarize) == queue.JobStatus.CANCELLED
+        assert queue.cancel(db, job_id, merge) == queue.JobStatus.CANCELLED
     statuses = [r["status"] for r in chunk_rows(db, job_id)]
     assert statuses == ["succeeded", "cancelled", "cancelled"]
     late = record(db, "A", [Success(second, {"n": 2})])
@@ -198,9 +204,9 @@ def test_cancel__cancels_pending_drops_late_result_and_conflicts_when_terminal(
     assert row["analysis_result"]["chunks"][0]["result"] == {"n": 1}
     assert row["analysis_result"]["summary"]["chunks"] == 1
     with db.transaction(), pytest.raises(JobConflict):
-        queue.cancel(db, job_id, summarize)
+        queue.cancel(db, job_id, merge)
     with db.transaction(), pytest.raises(JobNotFound):
-        queue.cancel(db, queue.uuid.uuid4(), summarize)
+        queue.cancel(db, queue.uuid.uuid4(), merge)
     assert_invariants(db)
 
 

@@ -21,6 +21,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CHUNK_CHARS": 1_000_000,
     "MAX_CHUNKS_PER_JOB": 100_000,
     "DB_POOL_SIZE": 5,
+    # The workers' lease (CHUNKQ_LEASE_S): the session timeouts are sized to it.
+    "LEASE_S": 30.0,
     "REDUCE": False,
 }
 
@@ -40,6 +42,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CHUNKQ_MAX_BODY_BYTES": ("MAX_CONTENT_LENGTH", int),
     "CHUNKQ_MAX_CHUNKS_PER_JOB": ("MAX_CHUNKS_PER_JOB", int),
     "CHUNKQ_DB_POOL_SIZE": ("DB_POOL_SIZE", int),
+    "CHUNKQ_LEASE_S": ("LEASE_S", float),
     "CHUNKQ_REDUCE": ("REDUCE", _flag),
 }
 
@@ -57,10 +60,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     url = app.config["DATABASE_URL"] or resolve_url()
     app.config["DATABASE_URL"] = url
     size = app.config["DB_POOL_SIZE"]
-    app.extensions["chunkq.engine"] = make_engine(url, pool_size=size, max_overflow=size)
-    app.extensions["chunkq.summarize"] = functools.cache(
-        lambda: _summarizer(app.config["PROVIDER"])
+    app.extensions["chunkq.engine"] = make_engine(
+        url, lease_s=app.config["LEASE_S"], pool_size=size, max_overflow=size
     )
+    app.extensions["chunkq.merge"] = functools.cache(lambda: _merge(app.config["PROVIDER"]))
 
     from web import analyze, health, problems
 
@@ -70,8 +73,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
-def _summarizer(provider: str) -> Any:
-    """The configured provider's merge, for results written by the web app (cancellation)."""
-    from workerd.providers import make_provider
+def _merge(provider: str) -> Any:
+    """Each provider's merge by name, for summaries written by the web app (cancellation)."""
+    from workerd.providers import make_provider, merge_by_name
 
-    return make_provider(provider).summarize
+    return merge_by_name(make_provider(provider))

@@ -99,9 +99,9 @@ def status(job_id: str) -> dict[str, Any]:
 def cancel(job_id: str) -> dict[str, Any]:
     """Cancel a job that has not finished; 409 if it already has."""
     key = _parse_id(job_id)
-    summarize = current_app.extensions["chunkq.summarize"]()
+    merge = current_app.extensions["chunkq.merge"]()
     with _connection(write=True) as conn:
-        queue.cancel(conn, key, summarize)
+        queue.cancel(conn, key, merge)
         report = job_report(conn, key)  # in the same transaction: what the cancel left
     assert report is not None
     return report

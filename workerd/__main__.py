@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(
         settings,
         provider,
-        functools.partial(connect, url, autocommit=True),
+        functools.partial(connect, url, autocommit=True, lease_s=settings.lease_s),
         concurrency=args.concurrency,
     )
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.provider,
         args.concurrency,
     )
-    listen = listener(functools.partial(connect, url, autocommit=True))
+    listen = listener(functools.partial(connect, url, autocommit=True, lease_s=settings.lease_s))
     return worker.run(burst=args.burst, listen=listen)
 
 

@@ -7,12 +7,10 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import queue as queue_mod
 import random
-import re
 import socket
 import threading
 import time
@@ -37,6 +35,7 @@ from workerd.providers import (
     ProviderError,
     can_reduce,
     circuit_key,
+    merge_by_name,
 )
 from workerd.retry import retry_delay
 from workerd.settings import Settings
@@ -47,6 +46,8 @@ Clock = Callable[[], datetime | None]
 
 # How long finished attempts may wait for the rest of their batch before being written.
 BATCH_WINDOW_S = 0.005
+# How often outcomes deferred by a job row held elsewhere are tried again.
+DEFERRED_RETRY_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +79,20 @@ class Step:
     # Attempts given up here: past their deadline, or their lease lost (cancel, rescue).
     timed_out: int = 0
     aborted: int = 0
+    # Outcomes kept for a later write: another transaction holds their job's row.
+    deferred: int = 0
     finalized: dict[uuid.UUID, str] = field(default_factory=dict)
 
     @property
     def busy(self) -> bool:
-        return bool(self.claimed or self.recorded or self.dropped or self.rescued or self.timed_out)
+        return bool(
+            self.claimed
+            or self.recorded
+            or self.dropped
+            or self.rescued
+            or self.timed_out
+            or self.deferred
+        )
 
 
 def make_worker_id() -> str:
@@ -134,6 +144,7 @@ class Worker:
         self._finished: queue_mod.SimpleQueue[Outcome] = queue_mod.SimpleQueue()
         self._unrecorded: list[Outcome] = []
         self._reduces = can_reduce(provider)
+        self._merge = merge_by_name(provider)
         self._pool: AttemptPool[Outcome] | None = None
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -161,8 +172,8 @@ class Worker:
             self._heartbeat(step)
             self._next_heartbeat = now + self.settings.lease_s / 3
         if now >= self._next_rescue:
-            self._rescue(step)
             self._next_rescue = now + min(5.0, self.settings.lease_s / 2)
+            self._rescue(step)
         if self.stopping.is_set():
             return step
         free = self.concurrency - len(self._inflight) - len(self._reducing)
@@ -205,6 +216,7 @@ class Worker:
                     lease_s=self.settings.lease_s,
                     max_attempts=self.settings.max_attempts,
                     now=self._clock(),
+                    cap=self.settings.provider_concurrency,
                 )
             )
             if reduction is not None:
@@ -258,7 +270,8 @@ class Worker:
             return Failure(
                 chunk,
                 type(exc).__name__,
-                str(exc) or type(exc).__name__,
+                # PostgreSQL text cannot hold NUL; a server's error body may.
+                (str(exc) or type(exc).__name__).replace("\x00", "\\x00"),
                 self._retry_in(chunk.attempt, exc),
                 unavailable=getattr(exc, "unavailable", False),
                 parts=call.parts + call.finished if call.finished else None,
@@ -357,11 +370,44 @@ class Worker:
         if not force and running > 0 and now - self._batch_opened < BATCH_WINDOW_S:
             return
         self._batch_opened = None
-        batch = [o for o in self._unrecorded if not isinstance(o, ReduceOutcome)]
-        reduced = [o for o in self._unrecorded if isinstance(o, ReduceOutcome)]
+        outcomes = self._unrecorded
+        try:
+            recorded, waiting = self._write(outcomes)
+        except DatabaseDown:
+            raise  # kept in _unrecorded, written when the database is back
+        except Exception:
+            # One bad outcome must not hold the others: write them one by one.
+            log.exception("recording %d outcomes failed; recording them one by one", len(outcomes))
+            recorded, waiting = self._write_each(outcomes)
+        # Written, refused by the fence, or waiting on a job row held elsewhere (kept).
+        deferred = set(recorded.deferred) | {o.reduction.job_id for o in waiting}
+        self._unrecorded = [o for o in outcomes if self._key(o) in deferred]
+        for outcome in outcomes:
+            key = self._key(outcome)
+            if key not in deferred:
+                if isinstance(outcome, ReduceOutcome):
+                    step.recorded += 1
+                self._forget(key)
+        for key in recorded.dropped:
+            log.warning("lease lost before recording chunk %s/%s; result dropped", *key)
+        step.recorded += recorded.applied
+        step.dropped += len(recorded.dropped)
+        step.deferred += len(deferred)
+        step.finalized.update({k: v.value for k, v in recorded.finalized.items()})
+        for job_id, status in recorded.finalized.items():
+            log.info("job %s finalized: %s", job_id, status.value)
 
-        def write(conn: psycopg.Connection[Any]) -> queue.Recorded:
+    def _write(self, outcomes: list[Outcome]) -> tuple[queue.Recorded, list[ReduceOutcome]]:
+        """Write outcomes in one transaction. Returns what ``queue.record`` did and the
+        reduce outcomes left for later because another transaction holds their job's row."""
+        batch = [o for o in outcomes if not isinstance(o, ReduceOutcome)]
+        reduced = [o for o in outcomes if isinstance(o, ReduceOutcome)]
+
+        def write(conn: psycopg.Connection[Any]) -> tuple[queue.Recorded, list[ReduceOutcome]]:
+            held = queue.held_jobs(conn, {o.reduction.job_id for o in reduced})
             for outcome in reduced:
+                if outcome.reduction.job_id in held:
+                    continue
                 counted = self.circuit.settle_reduce(
                     conn, outcome.unavailable, probe=outcome.reduction.job_id in self._probes
                 )
@@ -378,31 +424,64 @@ class Worker:
                     log.warning(
                         "lease lost before recording reduce of job %s", outcome.reduction.job_id
                     )
-            return queue.record(
+            recorded = queue.record(
                 conn,
                 self.worker_id,
                 self.circuit.settle(conn, batch, self._probes),
-                self.provider.summarize,
+                self._merge,
+                provider=self.provider.name,
                 now=self._clock(),
                 notify=self.settings.provider_concurrency is not None,
                 reduces=self._reduces,
             )
+            return recorded, [o for o in reduced if o.reduction.job_id in held]
 
-        recorded = self._transaction(write)
-        # Written (or refused by the fence): either way these attempts are over for us.
-        self._unrecorded.clear()
-        step.recorded += len(reduced)
-        for done in reduced:
-            self._forget(done.reduction.job_id)
-        for outcome in batch:
-            self._forget(outcome.chunk.key)
-        for key in recorded.dropped:
-            log.warning("lease lost before recording chunk %s/%s; result dropped", *key)
-        step.recorded += recorded.applied
-        step.dropped += len(recorded.dropped)
-        step.finalized.update({k: v.value for k, v in recorded.finalized.items()})
-        for job_id, status in recorded.finalized.items():
-            log.info("job %s finalized: %s", job_id, status.value)
+        return self._transaction(write)
+
+    def _write_each(self, outcomes: list[Outcome]) -> tuple[queue.Recorded, list[ReduceOutcome]]:
+        """Write outcomes one transaction each, after their batch failed. An outcome that
+        cannot be written becomes a failure of its chunk or reduce saying why (the attempt
+        is over either way); if even that fails, it is given up here and its lease expires,
+        so the rescuer takes the chunk back."""
+        applied, dropped, deferred = 0, [], []
+        finalized: dict[uuid.UUID, Any] = {}
+        waiting: list[ReduceOutcome] = []
+        for outcome in outcomes:
+            try:
+                recorded, held = self._write([outcome])
+            except DatabaseDown:
+                raise
+            except Exception as exc:
+                log.warning("could not record %s: %r", _label(self._key(outcome)), exc)
+                try:
+                    recorded, held = self._write([self._unrecordable(outcome, exc)])
+                except DatabaseDown:
+                    raise
+                except Exception:
+                    log.exception(
+                        "could not record the failure of %s either; it is given up here",
+                        _label(self._key(outcome)),
+                    )
+                    continue
+            applied += recorded.applied
+            dropped += recorded.dropped
+            deferred += recorded.deferred
+            finalized.update(recorded.finalized)
+            waiting += held
+        return queue.Recorded(applied, dropped, finalized, deferred), waiting
+
+    def _unrecordable(self, outcome: Outcome, exc: Exception) -> Outcome:
+        """The failure that replaces an outcome the database refused: counted, retried under
+        the usual policy, its message plain text."""
+        error = f"the attempt's outcome could not be recorded: {type(exc).__name__}"
+        if isinstance(outcome, ReduceOutcome):
+            return ReduceOutcome(
+                outcome.reduction,
+                error=error,
+                retry_in=self._retry_in(outcome.reduction.attempt, exc),
+            )
+        chunk = outcome.chunk
+        return Failure(chunk, "RecordFailed", error, self._retry_in(chunk.attempt, exc))
 
     def _forget(self, key: Any) -> None:
         """Drop everything we hold for a chunk (by key) or a reduction (by job id)."""
@@ -452,15 +531,26 @@ class Worker:
         return outcome.chunk.key
 
     def _rescue(self, step: Step) -> None:
-        requeued, failed, finalized = self._transaction(
-            lambda conn: queue.rescue(
-                conn,
-                self.provider.summarize,
-                max_attempts=self.settings.max_attempts,
-                now=self._clock(),
-                reduces=self._reduces,
+        """Take back chunks of lost workers. A rescue that fails is logged and tried again at
+        the next round; it never stops this step's claim."""
+        s = self.settings
+        try:
+            requeued, failed, finalized = self._transaction(
+                lambda conn: queue.rescue(
+                    conn,
+                    self._merge,
+                    max_attempts=s.max_attempts,
+                    backoff_base_s=s.backoff_base_s,
+                    backoff_max_s=s.backoff_max_s,
+                    now=self._clock(),
+                    reduces=self._reduces,
+                )
             )
-        )
+        except DatabaseDown:
+            raise
+        except Exception:
+            log.exception("rescue failed; trying again at the next round")
+            return
         if requeued or failed:
             log.warning(
                 "rescued %d chunks from lost workers (%d failed for good)",
@@ -613,6 +703,8 @@ class Worker:
             wait = min(wait, max(0.0, grace_deadline - now))
         if self._batch_opened is not None:
             wait = min(wait, max(0.0, self._batch_opened + BATCH_WINDOW_S - now))
+        if self._unrecorded:
+            wait = min(wait, DEFERRED_RETRY_S)  # waiting on a job row held elsewhere
         if self._capped:
             wait = min(wait, 1.0)
         elif self.circuit.open:
@@ -659,13 +751,6 @@ def encode(result: Any) -> str:
     if not isinstance(result, dict):
         raise PermanentError(f"provider returned {type(result).__name__}, not a JSON object")
     try:
-        text = json.dumps(result, allow_nan=False, separators=(",", ":"))
+        return queue.jsonb_text(result)
     except (TypeError, ValueError) as exc:
-        raise PermanentError(f"provider returned a result that is not JSON: {exc}") from exc
-    if _NUL.search(text):
-        raise PermanentError("provider returned a result with a NUL character (U+0000)")
-    return text
-
-
-# json.dumps writes NUL as \u0000; an even run of backslashes before it is escaped text.
-_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+        raise PermanentError(f"provider returned a result that jsonb cannot hold: {exc}") from exc

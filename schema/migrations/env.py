@@ -22,7 +22,9 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    engine = make_engine(_url(), poolclass=pool.NullPool)
+    # Migrations may run long (an index on a big table): no statement limit, but lock waits
+    # stay bounded so a migration never queues all traffic behind a held lock for long.
+    engine = make_engine(_url(), poolclass=pool.NullPool, statements=False)
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=metadata)
         with context.begin_transaction():

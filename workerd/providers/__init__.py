@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,7 @@ __all__ = [
     "can_reduce",
     "circuit_key",
     "make_provider",
+    "merge_by_name",
     "provider_from_settings",
 ]
 
@@ -72,6 +74,26 @@ def make_provider(name: str, **options: Any) -> Provider:
     module, cls = _FACTORIES[name]
     factory: Callable[..., Provider] = getattr(importlib.import_module(module), cls)
     return factory(**options)
+
+
+def merge_by_name(
+    default: Provider,
+) -> Callable[[str | None], Callable[[list[tuple[int, dict[str, Any]]]], dict[str, Any]]]:
+    """Each provider's merge by name (what ``schema.queue`` takes): ``default``'s own for its
+    name and for results recorded without one, any other provider's built on first use.
+    An unknown name raises ValueError, which the job's summary reports."""
+    merges = {default.name: default.summarize}
+    lock = threading.Lock()
+
+    def merge(name: str | None) -> Callable[[list[tuple[int, dict[str, Any]]]], dict[str, Any]]:
+        if name is None:
+            return default.summarize
+        with lock:
+            if name not in merges:
+                merges[name] = make_provider(name).summarize
+            return merges[name]
+
+    return merge
 
 
 def provider_from_settings(settings: Settings) -> Provider:
