@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
-from collections.abc import Mapping
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -90,7 +96,17 @@ def make_engine(
         options.setdefault("max_overflow", 10)
         options.setdefault("pool_recycle", 1800)
         options.setdefault("pool_timeout", 3)
-    return create_engine(sqlalchemy_url(url), **options)
+    engine = create_engine(sqlalchemy_url(url), **options)
+    # The pool's liveness ping is the one wait the session timeouts cannot bound: a server
+    # that hangs (stopped, partitioned) never answers it. Bound it here.
+    ping = engine.dialect.do_ping
+
+    def bounded_ping(dbapi_connection: Any) -> bool:
+        with watchdog.guard(dbapi_connection, PING_DEADLINE_S):
+            return bool(ping(dbapi_connection))
+
+    engine.dialect.do_ping = bounded_ping  # type: ignore[method-assign]
+    return engine
 
 
 def connect(
@@ -106,3 +122,87 @@ def connect(
     options.setdefault("keepalives_interval", 5)
     options.setdefault("keepalives_count", 3)
     return psycopg.connect(libpq_url(url), **options)
+
+
+# How long the pool's ping may wait for an answer before the connection is given up.
+PING_DEADLINE_S = 3.0
+
+
+def deadline_s(lease_s: float = DEFAULT_LEASE_S) -> float:
+    """How long one transaction may wait on the server, client side: a little past the
+    statement timeout, which the server enforces itself whenever it is running at all."""
+    return lease_s / 2 + 5.0
+
+
+class Watchdog:
+    """Shuts a connection's socket when its deadline passes.
+
+    The server's own timeouts fire only while the server runs; when it hangs (a stopped
+    process, a partition that keeps the TCP session up), a client waits on its socket for
+    ever. Shutting the socket down makes that wait fail at once with a connection error,
+    which every caller already handles (503 in the API, a reconnect in workerd). One thread
+    serves every deadline of the process.
+    """
+
+    def __init__(self, monotonic: Any = time.monotonic) -> None:
+        self._monotonic = monotonic
+        self._cond = threading.Condition()
+        self._armed: dict[int, tuple[float, Any]] = {}
+        self._heap: list[tuple[float, int]] = []
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self.fired = 0
+
+    @contextmanager
+    def guard(self, conn: Any, seconds: float) -> Iterator[None]:
+        """Within the block, ``conn`` (a psycopg connection) is cut off after ``seconds``."""
+        token = next(self._ids)
+        deadline = self._monotonic() + seconds
+        with self._cond:
+            self._armed[token] = (deadline, conn)
+            heapq.heappush(self._heap, (deadline, token))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="chunkq-db-watchdog", daemon=True
+                )
+                self._thread.start()
+            elif self._heap[0][1] == token:
+                self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._armed.pop(token, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._heap and self._heap[0][1] not in self._armed:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                deadline, token = self._heap[0]
+                wait = deadline - self._monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                _, conn = self._armed.pop(token)
+            self.fired += 1
+            _shut(conn)
+
+
+def _shut(conn: Any) -> None:
+    """Shut down a psycopg connection's socket (not close: its owner still holds the fd)."""
+    try:
+        fd = conn.pgconn.socket
+        sock = socket.socket(fileno=os.dup(fd))
+    except Exception:
+        return  # closed already, or never connected
+    with sock, suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+# The process's watchdog, shared by the API's pool and workerd's connection.
+watchdog = Watchdog()

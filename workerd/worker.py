@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 
 from schema import queue, reductions
+from schema.db import deadline_s, watchdog
 from schema.queue import ClaimedChunk, Failure, Success
 from schema.reductions import ClaimedReduction
 from workerd.circuit import Circuit
@@ -144,6 +145,7 @@ class Worker:
         self._finished: queue_mod.SimpleQueue[Outcome] = queue_mod.SimpleQueue()
         self._unrecorded: list[Outcome] = []
         self._reduces = can_reduce(provider)
+        self._deadline_s = deadline_s(settings.lease_s)
         self._merge = merge_by_name(provider)
         self._pool: AttemptPool[Outcome] | None = None
         self.wake = threading.Event()
@@ -473,7 +475,12 @@ class Worker:
     def _unrecordable(self, outcome: Outcome, exc: Exception) -> Outcome:
         """The failure that replaces an outcome the database refused: counted, retried under
         the usual policy, its message plain text."""
-        error = f"the attempt's outcome could not be recorded: {type(exc).__name__}"
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        detail = getattr(getattr(exc, "diag", None), "message_detail", None)
+        if detail:
+            reason = f"{reason} ({detail})"
+        reason = reason.replace("\x00", "\\x00")
+        error = f"the attempt's outcome could not be recorded: {type(exc).__name__}: {reason}"
         if isinstance(outcome, ReduceOutcome):
             return ReduceOutcome(
                 outcome.reduction,
@@ -616,7 +623,8 @@ class Worker:
         try:
             if self._conn is None or self._conn.closed or self._conn.broken:
                 self._conn = self._connect()
-            with self._conn.transaction():
+            # The session timeouts hold while the server runs; the watchdog when it hangs.
+            with watchdog.guard(self._conn, self._deadline_s), self._conn.transaction():
                 return fn(self._conn)
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             if self._conn is not None and (self._conn.closed or self._conn.broken):
