@@ -85,18 +85,22 @@ def make_engine(
     away or hangs: a connection is waited for in the pool at most 3 s and connecting takes
     at most 3 s; the session timeouts (``session_timeouts``) bound the rest.
     """
-    from sqlalchemy import create_engine  # workerd never needs SQLAlchemy: import it here
+    # workerd never needs SQLAlchemy: import it here.
+    from sqlalchemy import create_engine, event
 
     options.setdefault("pool_pre_ping", True)
-    connect_args = options.setdefault("connect_args", {})
-    connect_args.setdefault("connect_timeout", 3)
-    connect_args.setdefault("options", session_options(lease_s, statements=statements))
+    options.setdefault("connect_args", {}).setdefault("connect_timeout", 3)
     if "poolclass" not in options:
         options.setdefault("pool_size", 5)
         options.setdefault("max_overflow", 10)
         options.setdefault("pool_recycle", 1800)
         options.setdefault("pool_timeout", 3)
     engine = create_engine(sqlalchemy_url(url), **options)
+
+    @event.listens_for(engine, "do_connect")
+    def _open(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        return open_connection(*cargs, lease_s=lease_s, statements=statements, **cparams)
+
     # The pool's liveness ping is the one wait the session timeouts cannot bound: a server
     # that hangs (stopped, partitioned) never answers it. Bound it here.
     ping = engine.dialect.do_ping
@@ -114,14 +118,48 @@ def connect(
 ) -> psycopg.Connection[Any]:
     """A plain psycopg connection (workerd's hot path and LISTEN use these), with the
     session timeouts sized to ``lease_s``."""
-    options.setdefault("options", session_options(lease_s))
     options.setdefault("connect_timeout", 5)
     # Notice a dead peer (failover, cut cable) within ~30 s even on an idle LISTEN socket.
     options.setdefault("keepalives", 1)
     options.setdefault("keepalives_idle", 10)
     options.setdefault("keepalives_interval", 5)
     options.setdefault("keepalives_count", 3)
-    return psycopg.connect(libpq_url(url), **options)
+    return open_connection(libpq_url(url), lease_s=lease_s, **options)
+
+
+def open_connection(
+    *args: Any, lease_s: float = DEFAULT_LEASE_S, statements: bool = True, **kwargs: Any
+) -> psycopg.Connection[Any]:
+    """``psycopg.connect`` with the session timeouts as a startup parameter.
+
+    A transaction pooler (PgBouncer) carries no session state and refuses the parameter:
+    with ``DATABASE_DIRECT_URL`` set (DATABASE_URL goes through one), or when the server
+    refuses it, the connection is opened without it and ``bound`` applies the same limits
+    to each transaction instead.
+    """
+    if not os.environ.get("DATABASE_DIRECT_URL", "").strip():
+        try:
+            return psycopg.connect(
+                *args, options=session_options(lease_s, statements=statements), **kwargs
+            )
+        except psycopg.OperationalError as exc:
+            if "unsupported startup parameter" not in str(exc):
+                raise
+    return psycopg.connect(*args, **kwargs)
+
+
+def bound(
+    conn: psycopg.Connection[Any], lease_s: float = DEFAULT_LEASE_S, *, statements: bool = True
+) -> None:
+    """Apply the session timeouts to the current transaction of a connection opened without
+    them (through a transaction pooler); a no-op on the others."""
+    if "options" in conn.info.get_parameters():
+        return
+    limits = session_timeouts(lease_s, statements=statements)
+    conn.execute(
+        "SELECT " + ", ".join(f"set_config('{name}', %s, true)" for name in limits),
+        list(limits.values()),
+    )
 
 
 # How long the pool's ping may wait for an answer before the connection is given up.

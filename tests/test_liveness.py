@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from schema import queue, reductions
-from schema.db import connect, make_engine, session_timeouts
+from schema.db import bound, connect, make_engine, session_timeouts
 from schema.queue import Success
 from tests.processes import ROOT, start_worker, stop, wait_for
 from tests.support import assert_invariants, chunk_rows, job_row, submit
@@ -297,6 +297,21 @@ def test_every_chunkq_connection_bounds_its_waits_sized_to_the_lease(database_ur
             assert shown(conn.connection.driver_connection) == expected
     finally:
         engine.dispose()
+
+
+def test_through_a_transaction_pooler__the_same_limits_hold_per_transaction_only(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DATABASE_DIRECT_URL says DATABASE_URL goes through PgBouncer: no startup parameter
+    # (PgBouncer refuses it) and no session state; each transaction sets its own limits.
+    monkeypatch.setenv("DATABASE_DIRECT_URL", database_url)
+    with connect(database_url) as conn:
+        assert "options" not in conn.info.get_parameters()
+        with conn.transaction():
+            bound(conn, 6)
+            assert conn.execute("SHOW lock_timeout").fetchone() == ("1s",)
+            assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("3s",)
+        assert conn.execute("SHOW lock_timeout").fetchone() == ("0",)  # nothing left behind
 
 
 # --- 3. rescue and the shared cap ---------------------------------------------------------

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 
 from schema import queue
 from schema.chunking import split_text
-from schema.db import deadline_s, watchdog
+from schema.db import bound, deadline_s, watchdog
 from schema.errors import InvalidRequest, JobNotFound
 from schema.reads import job_report
 from web.problems import ValidationFailed
@@ -31,9 +31,11 @@ def _connection(*, write: bool) -> Iterator[psycopg.Connection[Any]]:
     engine: Engine = current_app.extensions["chunkq.engine"]
     with engine.begin() if write else engine.connect() as conn:
         driver = conn.connection.driver_connection
+        lease_s = current_app.config["LEASE_S"]
         try:
             # A server that hangs cannot enforce its statement timeout: bound it here too.
-            with watchdog.guard(driver, deadline_s(current_app.config["LEASE_S"])):
+            with watchdog.guard(driver, deadline_s(lease_s)):
+                bound(driver, lease_s)  # type: ignore[arg-type]
                 yield driver  # type: ignore[misc]
         except psycopg.OperationalError:
             # SQLAlchemy did not see this error (it came through the raw connection), so

@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 
 from schema import queue, reductions
-from schema.db import deadline_s, watchdog
+from schema.db import bound, deadline_s, watchdog
 from schema.queue import ClaimedChunk, Failure, Success
 from schema.reductions import ClaimedReduction
 from workerd.circuit import Circuit
@@ -625,6 +625,7 @@ class Worker:
                 self._conn = self._connect()
             # The session timeouts hold while the server runs; the watchdog when it hangs.
             with watchdog.guard(self._conn, self._deadline_s), self._conn.transaction():
+                bound(self._conn, self.settings.lease_s)
                 return fn(self._conn)
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             if self._conn is not None and (self._conn.closed or self._conn.broken):
