@@ -134,16 +134,22 @@ def test_job_row_held_elsewhere__other_jobs_finish_and_it_finishes_after_release
     worker = make_worker(database_url, SimulatedProvider(), concurrency=16)
     # An operator's session (no timeouts of ours) holds one job row.
     holder = psycopg.connect(database_url)
+    # Should the worker wait on the held row, this lets it go on (and the checks fail)
+    # instead of hanging the suite.
+    release = threading.Timer(15, holder.commit)
     try:
         holder.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (held,))
+        release.start()
         step_until(worker, lambda: terminal(db, free), steps=50)
         assert job_row(db, free)["status"] == "COMPLETED"
         assert not terminal(db, held)
         # The held job's outcomes are kept, their leases renewed, waiting for the row.
         assert worker.run_once().deferred > 0
+        release.cancel()
         holder.commit()
         step_until(worker, lambda: terminal(db, held), steps=50, pause=0.01)
     finally:
+        release.cancel()
         holder.close()
         worker.close()
     assert job_row(db, held)["status"] == "COMPLETED"
