@@ -82,14 +82,14 @@ def make_engine(
     """A pooled engine that checks connections before use, surviving a restarted server.
 
     Every wait is bounded, so a request answers 503 within seconds when the database is
-    away or hangs: a connection is waited for in the pool at most 3 s and connecting takes
-    at most 3 s; the session timeouts (``session_timeouts``) bound the rest.
+    away or hangs: a pooled connection is waited for 3 s at most, its ping 2 s, connecting
+    2 s (libpq's least); the session timeouts (``session_timeouts``) bound the rest.
     """
     # workerd never needs SQLAlchemy: import it here.
     from sqlalchemy import create_engine, event
 
     options.setdefault("pool_pre_ping", True)
-    options.setdefault("connect_args", {}).setdefault("connect_timeout", 3)
+    options.setdefault("connect_args", {}).setdefault("connect_timeout", 2)
     if "poolclass" not in options:
         options.setdefault("pool_size", 5)
         options.setdefault("max_overflow", 10)
@@ -163,7 +163,7 @@ def bound(
 
 
 # How long the pool's ping may wait for an answer before the connection is given up.
-PING_DEADLINE_S = 3.0
+PING_DEADLINE_S = 2.0
 
 
 def deadline_s(lease_s: float = DEFAULT_LEASE_S) -> float:
