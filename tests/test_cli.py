@@ -287,6 +287,25 @@ def test_migrate__creates_the_schema(empty_database_url: str) -> None:
     assert {"jobs", "chunks"} <= tables
 
 
+# -- prune ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("age", ["nan", "inf", "1e400", "-inf", "NaNd", "-1", "-5d", "1e12d"])
+def test_prune__non_finite_negative_or_huge_age_is_an_argument_error(
+    database_url: str, age: str
+) -> None:
+    done = chunkq("prune", f"--older-than={age}", env=cli_env(DATABASE_URL=database_url))
+    assert done.returncode == 2, done.stderr
+    assert "--older-than" in done.stderr and repr(age) in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_prune__deletes_old_finished_jobs(database_url: str) -> None:
+    done = chunkq("prune", "--older-than", "1.5d", env=cli_env(DATABASE_URL=database_url))
+    assert done.returncode == 0, done.stderr
+    assert "deleted 0 finished jobs older than 129600 s" in done.stdout
+
+
 # -- up ---------------------------------------------------------------------------------
 
 

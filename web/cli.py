@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -129,6 +130,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return with_database("prune", run)
 
 
+MAX_AGE_S = 36500 * 86400  # a century: older than any row, well inside PostgreSQL's timestamps
+
+
 def _age(value: str) -> float:
     """An argparse type: seconds, or a number followed by s, m, h or d."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -139,8 +143,13 @@ def _age(value: str) -> float:
         raise argparse.ArgumentTypeError(
             f"not an age: {value!r} (try 3600, 90m, 12h or 7d)"
         ) from None
+    # float() takes nan, inf and 1e400 (inf); none of them is a time ago PostgreSQL can use.
+    if not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"not a finite age: {value!r} (try 3600, 12h or 7d)")
     if seconds < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
+        raise argparse.ArgumentTypeError(f"must not be negative: {value!r}")
+    if seconds > MAX_AGE_S:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_AGE_S // 86400}d: {value!r}")
     return seconds
 
 
