@@ -230,3 +230,36 @@ def test_embedded__ensure_embedded_from_two_processes_shares_one_server(
             child.kill()
             child.communicate()
         EmbeddedPostgres(home / "pgdata").stop()
+
+
+# Holds share() until its stdin closes; says "held" once it has it.
+SHARER = (
+    "import sys\n"
+    "from schema.embedded import EmbeddedPostgres\n"
+    "hold = EmbeddedPostgres(sys.argv[1]).share()\n"
+    "print('held', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def test_embedded__stop_unused_waits_for_sharers_and_a_killed_one_no_longer_counts(
+    pg: EmbeddedPostgres,
+) -> None:
+    sharer = subprocess.Popen(
+        [sys.executable, "-c", SHARER, str(pg.datadir)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert sharer.stdout is not None and sharer.stdout.readline() == "held\n"
+        assert pg.stop_unused() is False
+        assert pg.is_running()
+        sharer.kill()  # SIGKILL: the kernel drops its lock
+        sharer.wait()
+        assert pg.stop_unused() is True
+        assert not pg.is_running()
+    finally:
+        sharer.kill()
+        sharer.communicate()
