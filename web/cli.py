@@ -1,4 +1,5 @@
-"""``chunkq``: run everything locally (``up``, in web/up.py), migrate, and submit texts.
+"""``chunkq``: run everything locally (``up``, in web/up.py, and ``down``), migrate, prune
+and submit texts.
 
 ``up`` supervises gunicorn and ``python -m workerd`` processes; the HTTP client lives in
 ``web.client``.
@@ -14,7 +15,15 @@ from collections.abc import Callable
 from typing import Any
 
 from web import client
-from web.up import close_database, cmd_up, migrate, open_database, say, startup_errors
+from web.up import (
+    close_database,
+    cmd_up,
+    embedded_datadir,
+    migrate,
+    open_database,
+    say,
+    startup_errors,
+)
 
 
 def with_database(what: str, action: Callable[[str], str]) -> int:
@@ -44,6 +53,38 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
         return "the database is at the latest migration"
 
     return with_database("migration", run)
+
+
+def cmd_down(_args: argparse.Namespace) -> int:
+    """Stop the embedded PostgreSQL left running under $CHUNKQ_HOME (a crashed ``chunkq up``).
+
+    Exits 0 when it is stopped or none was running, 1 while a chunkq process still uses it.
+    """
+    from schema.embedded import EmbeddedPostgres
+    from schema.errors import ChunkqError
+
+    datadir = embedded_datadir()
+    server = EmbeddedPostgres(datadir)
+    try:
+        running = server.is_running()
+    except ImportError:  # psutil comes with the wheel; without it none of ours can run
+        running = False
+    if not running:
+        print(f"chunkq: no embedded PostgreSQL is running under {datadir}; nothing to stop")
+        return 0
+    try:
+        stopped = server.stop_unused()
+    except ChunkqError as exc:
+        say(f"could not stop the embedded PostgreSQL under {datadir}: {exc}")
+        return 1
+    if not stopped:
+        say(
+            f"the embedded PostgreSQL under {datadir} is in use by a running chunkq"
+            " (up, migrate or prune); stop that one instead (Ctrl-C)"
+        )
+        return 1
+    print(f"chunkq: stopped the embedded PostgreSQL under {datadir}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     about = "apply database migrations to DATABASE_URL, or to the embedded PostgreSQL"
     sub.add_parser("migrate", help=about, description=about).set_defaults(run=cmd_migrate)
+
+    about = "stop an embedded PostgreSQL left running under $CHUNKQ_HOME (after a crash of up)"
+    sub.add_parser("down", help=about, description=about).set_defaults(run=cmd_down)
 
     about = "delete jobs that finished long ago, with their chunks and attempt log"
     prune = sub.add_parser("prune", help=about, description=about)
