@@ -20,7 +20,7 @@ COPY . .
 RUN pip install --no-deps . && rm -rf build *.egg-info
 
 # Nothing here needs root: the service only talks to PostgreSQL and serves $PORT.
-RUN useradd --system --uid 10001 --no-create-home --home-dir /app chunkq
+RUN useradd --system --uid 10001 --create-home chunkq
 USER chunkq
 
 EXPOSE 8000

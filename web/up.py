@@ -59,12 +59,12 @@ def open_database(*, adopt: bool = False) -> Database:
 
     datadir = embedded_datadir()
     server = EmbeddedPostgres(datadir)
+    share = server.share()  # first: a `chunkq down` under way finishes before we look
     try:
-        running = server.is_running()
-    except ImportError:  # psutil comes with the wheel; without it nothing can be running
-        running = False
-    share = server.share()  # before starting: a `chunkq down` under way finishes first
-    try:
+        try:
+            running = server.is_running()
+        except ImportError:  # psutil comes with the wheel; without it nothing can be running
+            running = False
         if not running:
             say(f"starting the embedded PostgreSQL in {datadir} ...")
         with warnings.catch_warnings():
