@@ -14,19 +14,27 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from schema.errors import DatabaseUrlMissing
+
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 
 def resolve_url(environ: Mapping[str, str] | None = None) -> str:
-    """DATABASE_URL, or the URL of the embedded PostgreSQL under CHUNKQ_HOME (started if needed)."""
+    """DATABASE_URL, or ``DatabaseUrlMissing`` when it is unset.
+
+    Never an embedded server: a web, worker or migration process that started one of its own
+    would serve an empty database nobody else sees. ``chunkq up`` starts the embedded one and
+    hands its URL to its children in DATABASE_URL.
+    """
     environ = os.environ if environ is None else environ
     url = environ.get("DATABASE_URL", "").strip()
-    if url:
-        return url
-    from schema.embedded import ensure_embedded
-
-    return ensure_embedded(environ.get("CHUNKQ_HOME", ".chunkq"))
+    if not url:
+        raise DatabaseUrlMissing(
+            "DATABASE_URL is not set: set it to postgresql://USER:PASSWORD@HOST/DB, or run"
+            " `chunkq up`, which starts an embedded PostgreSQL and sets DATABASE_URL itself"
+        )
+    return url
 
 
 def libpq_url(url: str) -> str:

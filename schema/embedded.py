@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from schema.errors import ChunkqError
@@ -71,6 +71,7 @@ class EmbeddedPostgres:
         self.log_path = self.datadir / LOG_NAME
         # Beside the datadir, not in it: initdb wants an empty directory.
         self._lock_path = self.datadir.with_name(f".{self.datadir.name}.lock")
+        self._users_path = self.datadir.with_name(f".{self.datadir.name}.users")
 
     @property
     def url(self) -> str:
@@ -99,6 +100,33 @@ class EmbeddedPostgres:
             raise ValueError(f"mode must be one of {sorted(_STOP_SIGNALS)}")
         with self._locked():
             self._stop(mode)
+
+    def share(self) -> IO[str]:
+        """Count this process as a user of the server until the returned file is closed.
+
+        A shared flock beside the datadir, which the kernel drops when the process dies
+        (even by SIGKILL), so a crashed user never keeps the server from being stopped.
+        Waits while a ``stop_unused`` is stopping it; start the server after this call.
+        """
+        self._users_path.parent.mkdir(parents=True, exist_ok=True)
+        fh = self._users_path.open("a")
+        fcntl.flock(fh, fcntl.LOCK_SH)
+        return fh
+
+    def stop_unused(self, mode: str = "fast") -> bool:
+        """Stop the server unless another process holds ``share()``; False when one does.
+
+        The exclusive lock is held through the stop, so a newcomer's ``share()`` waits for it
+        and then starts the server afresh instead of connecting to one on its way down.
+        """
+        self._users_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._users_path.open("a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            self.stop(mode)
+            return True
 
     def restart(self) -> None:
         """Fast stop, then start on the same port so clients' URLs stay valid."""

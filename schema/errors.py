@@ -27,3 +27,7 @@ class JobConflict(ChunkqError):
 
 class DatabaseUnavailable(ChunkqError):
     """PostgreSQL cannot be reached right now; the caller should retry later."""
+
+
+class DatabaseUrlMissing(ChunkqError, RuntimeError):
+    """DATABASE_URL is unset where only a configured database will do (web, worker, alembic)."""

@@ -287,6 +287,25 @@ def test_migrate__creates_the_schema(empty_database_url: str) -> None:
     assert {"jobs", "chunks"} <= tables
 
 
+# -- prune ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("age", ["nan", "inf", "1e400", "-inf", "NaNd", "-1", "-5d", "1e12d"])
+def test_prune__non_finite_negative_or_huge_age_is_an_argument_error(
+    database_url: str, age: str
+) -> None:
+    done = chunkq("prune", f"--older-than={age}", env=cli_env(DATABASE_URL=database_url))
+    assert done.returncode == 2, done.stderr
+    assert "--older-than" in done.stderr and repr(age) in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_prune__deletes_old_finished_jobs(database_url: str) -> None:
+    done = chunkq("prune", "--older-than", "1.5d", env=cli_env(DATABASE_URL=database_url))
+    assert done.returncode == 0, done.stderr
+    assert "deleted 0 finished jobs older than 129600 s" in done.stdout
+
+
 # -- up ---------------------------------------------------------------------------------
 
 
@@ -296,8 +315,11 @@ def drain(stream: Any, sink: Callable[[str], None]) -> None:
 
 
 @contextmanager
-def chunkq_up(env: dict[str, str], *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """Start ``chunkq up --port 0`` and yield it with its base URL once it says it is up."""
+def chunkq_up(
+    env: dict[str, str], *args: str, banner: list[str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Start ``chunkq up --port 0`` and yield it with its base URL once it says it is up
+    (the line that says so goes into ``banner``)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "web.cli", "up", "--port", "0", *args],
         cwd=ROOT,
@@ -324,6 +346,7 @@ def chunkq_up(env: dict[str, str], *args: str) -> Iterator[tuple[subprocess.Pope
                 assert proc.poll() is None, "chunkq up exited:\n" + "".join(log)
                 continue
             if match := re.search(r"chunkq is up: (http://\S+)", line):
+                (banner if banner is not None else []).append(line)
                 break
         known = children(proc)
         yield proc, match.group(1)
@@ -432,4 +455,75 @@ def test_up__embedded_database_stops_on_sigint_and_keeps_data_for_the_next_run()
         from schema.embedded import EmbeddedPostgres
 
         EmbeddedPostgres(datadir).stop()  # a no-op unless a failed test left it running
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_up__adopts_the_server_a_killed_up_left_running_and_stops_it_on_exit() -> None:
+    home = Path(tempfile.mkdtemp(prefix="chunkq-cli-home-"))
+    datadir = (home / "pgdata").resolve()
+    env = cli_env(CHUNKQ_HOME=str(home), CHUNKQ_PROVIDER="simulated")
+    try:
+        with chunkq_up(env, "--workers", "0", "--web-workers", "1") as (up, _base):
+            seen = children(up)
+            up.kill()  # no cleanup at all: the embedded server stays behind
+            up.wait()
+            wait_for(lambda: alive(seen) == [], 40, "orphaned children to exit")
+        assert postgres_serving(datadir), "the embedded server did not outlive the kill"
+
+        with chunkq_up(env, "--workers", "0", "--web-workers", "1") as (up, base):
+            assert healthy(base)
+            # While this run uses the server, `chunkq down` must leave it alone.
+            busy = chunkq("down", env=env)
+            assert busy.returncode == 1 and "in use by a running chunkq" in busy.stderr
+            assert postgres_serving(datadir)
+            up.send_signal(signal.SIGINT)
+            assert up.wait(60) == 0
+        assert postgres_serving(datadir) == []
+    finally:
+        from schema.embedded import EmbeddedPostgres
+
+        EmbeddedPostgres(datadir).stop()  # a no-op unless a failed test left it running
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_up__banner_names_the_absolute_data_directory() -> None:
+    home = Path(tempfile.mkdtemp(prefix="chunkq-cli-home-"))
+    datadir = (home / "pgdata").resolve()
+    # A relative CHUNKQ_HOME, resolved against the working directory.
+    env = cli_env(CHUNKQ_HOME=os.path.relpath(home, ROOT), CHUNKQ_PROVIDER="simulated")
+    try:
+        banner: list[str] = []
+        with chunkq_up(env, "--workers", "0", "--web-workers", "1", banner=banner) as (up, _):
+            assert f"data in {datadir}" in banner[0], banner
+            up.send_signal(signal.SIGINT)
+            assert up.wait(60) == 0
+    finally:
+        from schema.embedded import EmbeddedPostgres
+
+        EmbeddedPostgres(datadir).stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_down__stops_a_left_over_server_and_says_so_when_none_runs() -> None:
+    from schema.embedded import EmbeddedPostgres
+
+    home = Path(tempfile.mkdtemp(prefix="chunkq-cli-home-"))
+    datadir = (home / "pgdata").resolve()
+    env = cli_env(CHUNKQ_HOME=str(home))
+    try:
+        EmbeddedPostgres(datadir, settings={"fsync": "off"}).start()  # as a crashed up leaves it
+        assert postgres_serving(datadir)
+        done = chunkq("down", env=env)
+        assert done.returncode == 0, done.stderr
+        assert f"stopped the embedded PostgreSQL under {datadir}" in done.stdout
+        assert postgres_serving(datadir) == []
+
+        again = chunkq("down", env=env)
+        assert again.returncode == 0, again.stderr
+        assert f"no embedded PostgreSQL is running under {datadir}" in again.stdout
+    finally:
+        EmbeddedPostgres(datadir).stop()
         shutil.rmtree(home, ignore_errors=True)

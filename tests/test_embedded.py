@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,14 +38,27 @@ CHILD = (
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+def cluster() -> Iterator[EmbeddedPostgres]:
     """One cluster for the module (initdb takes about a second); stopped even on failure."""
-    pg = EmbeddedPostgres(tmp_path_factory.mktemp("embedded") / "pgdata", settings=FAST)
-    pg.start()
+    with server_home() as home:
+        pg = EmbeddedPostgres(home / "pgdata", settings=FAST)
+        pg.start()
+        try:
+            yield pg
+        finally:
+            pg.stop()
+
+
+@contextlib.contextmanager
+def server_home() -> Iterator[Path]:
+    """A directory for a cluster, removed afterwards. Not under pytest's temp root: a pytest
+    session starting meanwhile (another checkout's) resets that to 0700, which locks out the
+    server when it runs as the pgserver user (we are root)."""
+    home = Path(tempfile.mkdtemp(prefix="chunkq-embedded-"))
     try:
-        yield pg
+        yield home
     finally:
-        pg.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture
@@ -197,10 +213,12 @@ def test_embedded__without_wheel_raises_unavailable(
     assert not (tmp_path / "pgdata").exists()
 
 
-def test_embedded__ensure_embedded_from_two_processes_shares_one_server(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:
-    home = tmp_path_factory.mktemp("home")
+def test_embedded__ensure_embedded_from_two_processes_shares_one_server() -> None:
+    with server_home() as home:
+        ensure_embedded_from_two_processes(home)
+
+
+def ensure_embedded_from_two_processes(home: Path) -> None:
     children = [
         subprocess.Popen(
             [sys.executable, "-c", CHILD, str(home)],
@@ -230,3 +248,36 @@ def test_embedded__ensure_embedded_from_two_processes_shares_one_server(
             child.kill()
             child.communicate()
         EmbeddedPostgres(home / "pgdata").stop()
+
+
+# Holds share() until its stdin closes; says "held" once it has it.
+SHARER = (
+    "import sys\n"
+    "from schema.embedded import EmbeddedPostgres\n"
+    "hold = EmbeddedPostgres(sys.argv[1]).share()\n"
+    "print('held', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def test_embedded__stop_unused_waits_for_sharers_and_a_killed_one_no_longer_counts(
+    pg: EmbeddedPostgres,
+) -> None:
+    sharer = subprocess.Popen(
+        [sys.executable, "-c", SHARER, str(pg.datadir)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert sharer.stdout is not None and sharer.stdout.readline() == "held\n"
+        assert pg.stop_unused() is False
+        assert pg.is_running()
+        sharer.kill()  # SIGKILL: the kernel drops its lock
+        sharer.wait()
+        assert pg.stop_unused() is True
+        assert not pg.is_running()
+    finally:
+        sharer.kill()
+        sharer.communicate()

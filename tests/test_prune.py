@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from schema import queue
+from schema import queue, reductions
 from schema.prune import prune
 from schema.queue import Success
 from tests.support import submit
@@ -39,3 +39,31 @@ def test_prune__deletes_only_old_finished_jobs_with_their_rows(
     assert db.execute("SELECT count(*) FROM chunks WHERE job_id = %s", (old,)).fetchone()[0] == 0  # type: ignore[index]
     assert prune(db, 0, now=now) == 1
     assert {r[0] for r in db.execute("SELECT id FROM jobs")} == {running}
+
+
+def test_prune__keeps_a_finished_job_until_its_reduce_step_ends(
+    db: psycopg.Connection[Any],
+) -> None:
+    t0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    job_id = submit(db, "a job with a reduce step. more text.", 8, reduce=True)
+    with db.transaction():
+        chunks = queue.claim(db, "W", 100, lease_s=30, now=t0)
+        queue.record(db, "W", [Success(c, {}) for c in chunks], lambda r: {}, now=t0)
+    later = t0 + dt.timedelta(days=30)
+
+    def reduce_status() -> Any:
+        return db.execute("SELECT status FROM reductions WHERE job_id = %s", (job_id,)).fetchone()
+
+    assert reduce_status() == ("pending",)
+    assert prune(db, 0, now=later) == 0
+
+    with db.transaction():
+        claimed = reductions.claim(db, "W", lease_s=30, max_attempts=3, now=later)
+    assert claimed is not None and reduce_status() == ("running",)
+    assert prune(db, 0, now=later) == 0
+
+    with db.transaction():
+        assert reductions.finish(db, "W", claimed, result={"summary": "done"}, now=later)
+    assert reduce_status() == ("succeeded",)
+    assert prune(db, 0, now=later) == 1
+    assert db.execute("SELECT count(*) FROM jobs").fetchone() == (0,)

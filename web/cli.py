@@ -1,4 +1,5 @@
-"""``chunkq``: run everything locally (``up``, in web/up.py), migrate, and submit texts.
+"""``chunkq``: run everything locally (``up``, in web/up.py, and ``down``), migrate, prune
+and submit texts.
 
 ``up`` supervises gunicorn and ``python -m workerd`` processes; the HTTP client lives in
 ``web.client``.
@@ -7,13 +8,22 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from web import client
-from web.up import close_database, cmd_up, migrate, open_database, say, startup_errors
+from web.up import (
+    close_database,
+    cmd_up,
+    embedded_datadir,
+    migrate,
+    open_database,
+    say,
+    startup_errors,
+)
 
 
 def with_database(what: str, action: Callable[[str], str]) -> int:
@@ -43,6 +53,38 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
         return "the database is at the latest migration"
 
     return with_database("migration", run)
+
+
+def cmd_down(_args: argparse.Namespace) -> int:
+    """Stop the embedded PostgreSQL left running under $CHUNKQ_HOME (a crashed ``chunkq up``).
+
+    Exits 0 when it is stopped or none was running, 1 while a chunkq process still uses it.
+    """
+    from schema.embedded import EmbeddedPostgres
+    from schema.errors import ChunkqError
+
+    datadir = embedded_datadir()
+    server = EmbeddedPostgres(datadir)
+    try:
+        running = server.is_running()
+    except ImportError:  # psutil comes with the wheel; without it none of ours can run
+        running = False
+    if not running:
+        print(f"chunkq: no embedded PostgreSQL is running under {datadir}; nothing to stop")
+        return 0
+    try:
+        stopped = server.stop_unused()
+    except ChunkqError as exc:
+        say(f"could not stop the embedded PostgreSQL under {datadir}: {exc}")
+        return 1
+    if not stopped:
+        say(
+            f"the embedded PostgreSQL under {datadir} is in use by a running chunkq"
+            " (up, migrate or prune); stop that one instead (Ctrl-C)"
+        )
+        return 1
+    print(f"chunkq: stopped the embedded PostgreSQL under {datadir}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     about = "apply database migrations to DATABASE_URL, or to the embedded PostgreSQL"
     sub.add_parser("migrate", help=about, description=about).set_defaults(run=cmd_migrate)
 
+    about = "stop an embedded PostgreSQL left running under $CHUNKQ_HOME (after a crash of up)"
+    sub.add_parser("down", help=about, description=about).set_defaults(run=cmd_down)
+
     about = "delete jobs that finished long ago, with their chunks and attempt log"
     prune = sub.add_parser("prune", help=about, description=about)
     prune.add_argument(
@@ -129,6 +174,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return with_database("prune", run)
 
 
+MAX_AGE_S = 36500 * 86400  # a century: older than any row, well inside PostgreSQL's timestamps
+
+
 def _age(value: str) -> float:
     """An argparse type: seconds, or a number followed by s, m, h or d."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -139,8 +187,13 @@ def _age(value: str) -> float:
         raise argparse.ArgumentTypeError(
             f"not an age: {value!r} (try 3600, 90m, 12h or 7d)"
         ) from None
+    # float() takes nan, inf and 1e400 (inf); none of them is a time ago PostgreSQL can use.
+    if not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"not a finite age: {value!r} (try 3600, 12h or 7d)")
     if seconds < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
+        raise argparse.ArgumentTypeError(f"must not be negative: {value!r}")
+    if seconds > MAX_AGE_S:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_AGE_S // 86400}d: {value!r}")
     return seconds
 
 

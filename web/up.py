@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from errno import EADDRINUSE
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -28,16 +28,28 @@ from web import client
 
 @dataclass
 class Database:
-    """The database ``up``/``migrate`` use; ``embedded`` is set only if this process started it."""
+    """The database ``up`` and the one-shot commands use. For the embedded one, ``server`` is
+    it, ``share`` this process's hold on it (``EmbeddedPostgres.share``), and ``stop`` says
+    whether closing stops it once no other process holds it."""
 
     url: str
     label: str
-    embedded: Any = None
+    server: Any = None
+    share: IO[str] | None = None
+    stop: bool = False
 
 
-def open_database() -> Database:
+def embedded_datadir() -> Path:
+    """Where the embedded PostgreSQL keeps its data: $CHUNKQ_HOME/pgdata, made absolute."""
+    return (Path(os.environ.get("CHUNKQ_HOME") or ".chunkq") / "pgdata").resolve()
+
+
+def open_database(*, adopt: bool = False) -> Database:
     """DATABASE_URL, or the embedded PostgreSQL under CHUNKQ_HOME (started if it is not running).
 
+    Closing stops an embedded server this call started. With ``adopt`` (``chunkq up``) it
+    also stops one that was already running, such as one left by a ``chunkq up`` killed with
+    SIGKILL; either way only once no other chunkq process uses it.
     Raises ``client.ClientError`` with exit code 2 when the embedded wheel is missing.
     """
     url = os.environ.get("DATABASE_URL", "").strip()
@@ -45,32 +57,45 @@ def open_database() -> Database:
         return Database(url, f"DATABASE_URL {_redact(url)}")
     from schema.embedded import EmbeddedPostgres, EmbeddedUnavailable, ensure_embedded
 
-    home = os.environ.get("CHUNKQ_HOME") or ".chunkq"
-    server = EmbeddedPostgres(Path(home) / "pgdata")
+    datadir = embedded_datadir()
+    server = EmbeddedPostgres(datadir)
+    share = server.share()  # first: a `chunkq down` under way finishes before we look
     try:
-        running = server.is_running()
-    except ImportError:  # psutil comes with the wheel; without it nothing can be running
-        running = False
-    if not running:
-        say(f"starting the embedded PostgreSQL in {home} ...")
-    try:
+        try:
+            running = server.is_running()
+        except ImportError:  # psutil comes with the wheel; without it nothing can be running
+            running = False
+        if not running:
+            say(f"starting the embedded PostgreSQL in {datadir} ...")
         with warnings.catch_warnings():
             # platformdirs, imported by the wheel, warns about a missing XDG_RUNTIME_DIR
             # (normal in containers and under sudo); it changes nothing for us.
             warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-            url = ensure_embedded(home)
+            url = ensure_embedded(datadir.parent)
     except EmbeddedUnavailable as exc:
+        share.close()
         raise client.ClientError(str(exc), client.EXIT_REJECTED) from exc
-    label = f"embedded at {home}" + (", already running" if running else "")
-    return Database(url, label, None if running else server)
+    except BaseException:
+        share.close()
+        raise
+    label = f"embedded PostgreSQL, data in {datadir}"
+    if running:
+        label += ", adopted: it was already running" if adopt else ", already running"
+    return Database(url, label, server, share, stop=adopt or not running)
 
 
 def close_database(db: Database) -> None:
-    """Stop the embedded server if this process started it, leaving things as they were."""
-    if db.embedded is not None:
-        say("stopping the embedded PostgreSQL")
-        db.embedded.stop()
-        db.embedded = None
+    """Let go of the embedded server, stopping it if ``db.stop`` and nobody else uses it."""
+    if db.share is None:
+        return
+    db.share.close()
+    db.share = None
+    if not db.stop:
+        return
+    if db.server.stop_unused():
+        say(f"stopped the embedded PostgreSQL (data in {db.server.datadir})")
+    else:
+        say("left the embedded PostgreSQL running: another chunkq process is using it")
 
 
 def migrate(url: str) -> None:
@@ -223,7 +248,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, sup.on_signal) for sig in handled}
     db = None
     try:
-        db = open_database()
+        db = open_database(adopt=True)
         if not sup.signals:
             migrate(db.url)
         if sup.signals:
@@ -268,7 +293,7 @@ def _gunicorn_argv(fd: int, workers: int) -> list[str]:
 
 
 def _wait_ready(sup: Supervisor, gunicorn: Child, base: str) -> bool:
-    """Until /healthz answers 200; False if gunicorn gives up, time runs out or we are stopped."""
+    """Until /readyz answers 200; False if gunicorn gives up, time runs out or we are stopped."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not sup.signals:
         if gunicorn.proc is not None and (code := gunicorn.proc.poll()) is not None:
@@ -278,10 +303,10 @@ def _wait_ready(sup: Supervisor, gunicorn: Child, base: str) -> bool:
         # Short timeout: our socket queues the request until gunicorn's first worker boots,
         # and a long wait here would hide a gunicorn that died meanwhile.
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base}/healthz", timeout=0.5).status_code == 200:
+            if httpx.get(f"{base}/readyz", timeout=0.5).status_code == 200:
                 return True
         if time.monotonic() > deadline:
-            say(f"the API did not answer {base}/healthz within {READY_TIMEOUT_S}s")
+            say(f"the API was not ready at {base}/readyz within {READY_TIMEOUT_S}s")
             return False
         sup.wakeup.wait(0.1)
     return False

@@ -1,4 +1,5 @@
-"""Alembic environment: migrates the database named by DATABASE_URL (or the embedded one)."""
+"""Alembic environment: migrates the database named by DATABASE_URL (``chunkq migrate`` also
+reaches the embedded one, by passing its URL as ``sqlalchemy.url``)."""
 
 from __future__ import annotations
 
