@@ -69,6 +69,8 @@ def test_procfile_process__without_database_url_exits_naming_it(process: str, ho
         pytest.fail(f"{process} kept running without DATABASE_URL")
     assert done.returncode != 0
     assert "DATABASE_URL is not set" in done.stderr, done.stderr
+    if process == "worker":
+        assert "Traceback" not in done.stderr  # one line that says what to do
     # No embedded server of its own: nothing was created under CHUNKQ_HOME.
     assert list(home.iterdir()) == []
 

@@ -161,13 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Delete finished jobs older than --older-than from DATABASE_URL (or the embedded one)."""
-    import psycopg
-
-    from schema.db import libpq_url
+    from schema.db import connect
     from schema.prune import prune
 
     def run(url: str) -> str:
-        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        with connect(url, autocommit=True) as conn:  # the session limits, as everywhere
             deleted = prune(conn, args.older_than)
         return f"deleted {deleted} finished jobs older than {args.older_than:g} s"
 

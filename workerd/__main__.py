@@ -24,6 +24,7 @@ signal.signal(signal.SIGTERM, _note_signal)
 signal.signal(signal.SIGINT, _note_signal)
 
 from schema.db import connect, resolve_url  # noqa: E402
+from schema.errors import DatabaseUrlMissing  # noqa: E402
 from workerd.listen import listener  # noqa: E402
 from workerd.providers import provider_from_settings  # noqa: E402
 from workerd.settings import Settings  # noqa: E402
@@ -56,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     check = getattr(provider, "check_server", None)
     for warning in check() if callable(check) else []:
         log.warning("%s", warning)
-    url = settings.database_url or resolve_url()
+    try:
+        url = settings.database_url or resolve_url()
+    except DatabaseUrlMissing as exc:
+        print(f"workerd: {exc}", file=sys.stderr)
+        return 2
     worker = Worker(
         settings,
         provider,
