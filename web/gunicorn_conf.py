@@ -6,18 +6,43 @@ gunicorn binds to ``0.0.0.0:$PORT`` by itself when PORT is set (Heroku-style pla
 reads WEB_CONCURRENCY for its worker count; everything else here is a deliberate choice.
 """
 
+from __future__ import annotations
+
+import sys
+from typing import Any
+
 # gunicorn 23+ opens a control socket at one path per user; several servers on one machine
 # (scaled web processes, tests, `chunkq up` next to a compose stack) would fight over it.
 control_socket_disable = True
 
-# A 10 MB submission is parsed, chunked and COPYed in well under a second, but a slow
-# client uploading it may take longer than the default 30 s.
-timeout = 120
+# gevent: each connection is a greenlet, so a client that sends its request a byte at a
+# time, or opens a connection and sends nothing, costs a few kilobytes instead of one of a
+# handful of threads (with gthread, 40 such clients left /healthz answering 1 time in 12).
+# Requests still overlap while they wait on PostgreSQL: psycopg 3 waits cooperatively once
+# gevent has patched the standard library (see post_fork), and SQLAlchemy's pool queues on
+# patched locks.
+worker_class = "gevent"
+worker_connections = 1000
 
-# Keep-alive lets `chunkq submit --wait` and other pollers reuse one connection.
+# With gevent, this bounds the wait for a request's headers as well as for the next request
+# on a kept-alive connection: a client trickling its headers is dropped after 5 s. It also
+# lets `chunkq submit --wait` and other pollers reuse one connection.
 keepalive = 5
 
-# Threads, so keep-alive works and one process serves several requests at once: a request
-# spends most of its time waiting on PostgreSQL, and the engine's pool is thread-safe.
-worker_class = "gthread"
-threads = 4
+# The master kills a worker silent this long. A request that holds the CPU (parsing and
+# chunking a 30 MB text) keeps its worker from reporting in meanwhile; leave it room.
+timeout = 120
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Refuse to start a gevent worker in which psycopg was imported before gevent patched.
+
+    psycopg picks its wait function when it is imported; imported before the patching (by
+    the master, through a module this file imports), it waits in C and every greenlet of
+    the worker stops while one request waits on PostgreSQL.
+    """
+    if "gevent" in type(worker).__module__ and "psycopg" in sys.modules:
+        raise RuntimeError(
+            "psycopg was imported before gevent patched the standard library, so database"
+            " waits would block the whole worker; import it lazily (inside create_app)"
+        )
