@@ -4,8 +4,11 @@ with requests waiting on PostgreSQL: neither may hold up the others."""
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,7 +16,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.processes import gunicorn, wait_for
+from tests.processes import ROOT, environment, free_port, gunicorn, wait_for
 from tests.slowloris import SlowClients
 
 pytestmark = pytest.mark.slow
@@ -109,3 +112,19 @@ def _waiting_on_lock(db: psycopg.Connection[Any]) -> int:
            WHERE datname = current_database() AND wait_event_type = 'Lock'"""
     ).fetchone()
     return int(row[0]) if row else 0
+
+
+def test_gevent_worker__refuses_to_start_when_psycopg_was_imported_before_patching(
+    database_url: str, tmp_path: Path
+) -> None:
+    # What a config (or a module it imports) that imports psycopg at the top would do: its
+    # waits would then block every greenlet of the worker, so the worker must not boot.
+    config = tmp_path / "early_psycopg_conf.py"
+    config.write_text("import psycopg  # noqa: F401\nfrom web.gunicorn_conf import *  # noqa\n")
+    argv = [sys.executable, "-m", "gunicorn", "-c", str(config), "--workers", "1"]
+    argv += ["--bind", f"127.0.0.1:{free_port()}", "web:create_app()"]
+    done = subprocess.run(
+        argv, cwd=ROOT, env=environment(database_url), capture_output=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert b"psycopg was imported before gevent patched" in done.stderr
