@@ -29,7 +29,7 @@ def read_body(environ: dict[str, Any], limit: int) -> bytes:
     declared = _content_length(environ)
     stream = environ["wsgi.input"]
     if declared is not None and declared > limit:
-        _drain(stream, min(declared, limit))
+        _drain(stream, min(declared, 2 * limit))
         raise RequestEntityTooLarge()
     if declared is None and not environ.get("wsgi.input_terminated"):
         return b""  # no length and a server that does not frame the stream: nothing to read
