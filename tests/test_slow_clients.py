@@ -4,6 +4,7 @@ with requests waiting on PostgreSQL: neither may hold up the others."""
 from __future__ import annotations
 
 import functools
+import signal
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.processes import ROOT, environment, free_port, gunicorn, wait_for
+from tests.processes import ROOT, environment, free_port, gunicorn, stop, wait_for
 from tests.slowloris import SlowClients
 
 pytestmark = pytest.mark.slow
@@ -128,3 +129,40 @@ def test_gevent_worker__refuses_to_start_when_psycopg_was_imported_before_patchi
     )
     assert done.returncode != 0
     assert b"psycopg was imported before gevent patched" in done.stderr
+
+
+def test_gevent_worker__sigterm_lets_a_request_in_flight_finish_then_exits(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    port = free_port()
+    argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
+    master = subprocess.Popen([*argv, "web:create_app()"], cwd=ROOT, env=environment(database_url))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _healthy(base), 30, "gunicorn", interval=0.1)
+        results: list[int] = []
+        with psycopg.connect(database_url) as locker:
+            locker.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+            post = threading.Thread(
+                target=lambda: results.append(
+                    httpx.post(f"{base}/v1/analyze", json={"raw_text": "x"}, timeout=30).status_code
+                )
+            )
+            post.start()
+            wait_for(lambda: _waiting_on_lock(db) == 1, 10, "the POST waiting on the lock")
+            master.send_signal(signal.SIGTERM)
+            time.sleep(1)
+            assert master.poll() is None and results == []
+            locker.rollback()
+        post.join(20)
+        assert results == [202]
+        assert master.wait(10) == 0
+    finally:
+        stop(master)
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -6,11 +6,6 @@ gunicorn binds to ``0.0.0.0:$PORT`` by itself when PORT is set (Heroku-style pla
 reads WEB_CONCURRENCY for its worker count; everything else here is a deliberate choice.
 """
 
-from __future__ import annotations
-
-import sys
-from typing import Any
-
 # gunicorn 23+ opens a control socket at one path per user; several servers on one machine
 # (scaled web processes, tests, `chunkq up` next to a compose stack) would fight over it.
 control_socket_disable = True
@@ -19,9 +14,9 @@ control_socket_disable = True
 # time, or opens a connection and sends nothing, costs a few kilobytes instead of one of a
 # handful of threads (with gthread, 40 such clients left /healthz answering 1 time in 12).
 # Requests still overlap while they wait on PostgreSQL: psycopg 3 waits cooperatively once
-# gevent has patched the standard library (see post_fork), and SQLAlchemy's pool queues on
-# patched locks.
-worker_class = "gevent"
+# gevent has patched the standard library (web/gevent_worker.py checks it was imported
+# after), and SQLAlchemy's pool queues on patched locks.
+worker_class = "web.gevent_worker.GeventWorker"
 worker_connections = 1000
 
 # With gevent, this bounds the wait for a request's headers as well as for the next request
@@ -32,17 +27,3 @@ keepalive = 5
 # The master kills a worker silent this long. A request that holds the CPU (parsing and
 # chunking a 30 MB text) keeps its worker from reporting in meanwhile; leave it room.
 timeout = 120
-
-
-def post_fork(server: Any, worker: Any) -> None:
-    """Refuse to start a gevent worker in which psycopg was imported before gevent patched.
-
-    psycopg picks its wait function when it is imported; imported before the patching (by
-    the master, through a module this file imports), it waits in C and every greenlet of
-    the worker stops while one request waits on PostgreSQL.
-    """
-    if "gevent" in type(worker).__module__ and "psycopg" in sys.modules:
-        raise RuntimeError(
-            "psycopg was imported before gevent patched the standard library, so database"
-            " waits would block the whole worker; import it lazily (inside create_app)"
-        )
