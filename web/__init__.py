@@ -9,8 +9,6 @@ from typing import Any
 
 from flask import Flask
 
-from schema.db import make_engine, resolve_url
-
 DEFAULTS: dict[str, Any] = {
     "DATABASE_URL": None,
     "PROVIDER": "builtin",
@@ -49,6 +47,10 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: defaults, then the environment, then ``config`` (tests)."""
+    # Imported here, not at the top: gunicorn's master imports this package with its config
+    # (web.gunicorn_conf), and psycopg must first be imported after gevent's patching.
+    from schema.db import make_engine, resolve_url
+
     app = Flask(__name__)
     app.config.update(DEFAULTS)
     for var, (key, cast) in ENVIRONMENT.items():

@@ -54,6 +54,7 @@ def submit() -> tuple[dict[str, Any], int, dict[str, str]]:
         default_chars=cfg["DEFAULT_CHUNK_CHARS"],
         min_chars=cfg["MIN_CHUNK_CHARS"],
         max_chars=cfg["MAX_CHUNK_CHARS"],
+        max_bytes=cfg["MAX_CONTENT_LENGTH"],
         default_reduce=cfg["REDUCE"],
     )
     limit = cfg["MAX_CHUNKS_PER_JOB"]

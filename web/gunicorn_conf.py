@@ -10,14 +10,20 @@ reads WEB_CONCURRENCY for its worker count; everything else here is a deliberate
 # (scaled web processes, tests, `chunkq up` next to a compose stack) would fight over it.
 control_socket_disable = True
 
-# A 10 MB submission is parsed, chunked and COPYed in well under a second, but a slow
-# client uploading it may take longer than the default 30 s.
-timeout = 120
+# gevent: each connection is a greenlet, so a client that sends its request a byte at a
+# time, or opens a connection and sends nothing, costs a few kilobytes instead of one of a
+# handful of threads (with gthread, 40 such clients left /healthz answering 1 time in 12).
+# Requests still overlap while they wait on PostgreSQL: psycopg 3 waits cooperatively once
+# gevent has patched the standard library (web/gevent_worker.py checks it was imported
+# after), and SQLAlchemy's pool queues on patched locks.
+worker_class = "web.gevent_worker.GeventWorker"
+worker_connections = 1000
 
-# Keep-alive lets `chunkq submit --wait` and other pollers reuse one connection.
+# With gevent, this bounds the wait for a request's headers as well as for the next request
+# on a kept-alive connection: a client trickling its headers is dropped after 5 s. It also
+# lets `chunkq submit --wait` and other pollers reuse one connection.
 keepalive = 5
 
-# Threads, so keep-alive works and one process serves several requests at once: a request
-# spends most of its time waiting on PostgreSQL, and the engine's pool is thread-safe.
-worker_class = "gthread"
-threads = 4
+# The master kills a worker silent this long. A request that holds the CPU (parsing and
+# chunking a 30 MB text) keeps its worker from reporting in meanwhile; leave it room.
+timeout = 120

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from flask import Request
 
 from schema.errors import InvalidRequest
+from web.body import parse_json, read_body
 from web.problems import ValidationFailed
 
 FIELDS = ("raw_text", "max_chunk_chars", "reduce")
@@ -27,9 +27,10 @@ def parse_submission(
     default_chars: int,
     min_chars: int,
     max_chars: int,
+    max_bytes: int,
     default_reduce: bool = False,
 ) -> Submission:
-    """Parse and check a POST body, raising ValidationFailed with every finding."""
+    """Read, parse and check a POST body, raising ValidationFailed with every finding."""
     if not request.is_json:
         raise ValidationFailed(
             [
@@ -40,23 +41,18 @@ def parse_submission(
                 )
             ]
         )
-    try:
-        body: Any = json.loads(request.get_data(cache=False))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationFailed(
-            [InvalidRequest("body", f"is not valid JSON: {exc}", status=400)]
-        ) from exc
+    body: Any = parse_json(read_body(request.environ, max_bytes))
     if not isinstance(body, dict):
         raise ValidationFailed(
             [InvalidRequest("body", f"must be a JSON object, got {_kind(body)}", status=400)]
         )
 
     errors: list[InvalidRequest] = []
-    unknown = sorted(set(body) - set(FIELDS))
-    if unknown:
-        errors.append(
-            InvalidRequest(unknown[0], f"is not a known field (known: {', '.join(FIELDS)})")
-        )
+    for name in body:
+        if name not in FIELDS:
+            errors.append(
+                InvalidRequest(name, f"is not a known field (known: {', '.join(FIELDS)})")
+            )
 
     raw_text = body.get("raw_text")
     if "raw_text" not in body:
@@ -71,6 +67,15 @@ def parse_submission(
             InvalidRequest(
                 "raw_text",
                 f"contains a NUL character (U+0000) at offset {at}, which cannot be stored",
+            )
+        )
+    elif (bad := _lone_surrogate(raw_text)) is not None:
+        errors.append(
+            InvalidRequest(
+                "raw_text",
+                f"contains a lone surrogate (U+{ord(raw_text[bad]):04X}) at offset {bad}, which"
+                " is not a Unicode character; escape a character outside the BMP as a"
+                " surrogate pair",
             )
         )
 
@@ -95,6 +100,20 @@ def parse_submission(
         raise ValidationFailed(errors)
     assert isinstance(raw_text, str)  # every other case appended an error above
     return Submission(raw_text, max_chunk_chars, reduce)
+
+
+def _lone_surrogate(text: str) -> int | None:
+    """Offset of the first lone surrogate (a JSON escape such as \\ud800 makes one), or None.
+
+    An ASCII string has none, and ``isascii`` is free; otherwise one encode finds it in C.
+    """
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return int(exc.start)
+    return None
 
 
 def _kind(value: Any) -> str:
