@@ -653,7 +653,9 @@ class Soak:
             self.tend_workers()
             time.sleep(0.1)
         started = self.n["workers started"]
-        self.held = held = hold_one_job(self.url, self.args.lock_s, self.tend_workers)
+        self.held = held = hold_one_job(
+            self.url, self.args.lock_s, self.tend_workers, any_status=self.args.lock_any_status
+        )
         if self.n["workers started"] != started:
             self.violate("a worker died during the held-lock phase: its windows do not compare")
         if held.job_id is None or held.held is None:
@@ -908,12 +910,16 @@ class Soak:
         # The job_log's clock is the UPDATE's own; finished_at is its transaction's start,
         # which may precede the release while that transaction waited for CPU.
         row = conn.execute(
-            """SELECT j.status, min(l.at) FILTER (WHERE l.new_status = ANY(%(t)s))
+            """SELECT j.status, min(l.at) FILTER (WHERE l.new_status = ANY(%(t)s)),
+                      (SELECT min(at) FROM chaos.chunk_log WHERE job_id = j.id
+                          AND new_status = 'succeeded' AND at >= %(end)s)
                FROM jobs j LEFT JOIN chaos.job_log l ON l.job_id = j.id
-               WHERE j.id = %(id)s GROUP BY j.status""",
-            {"id": held.job_id, "t": TERMINAL},
+               WHERE j.id = %(id)s GROUP BY j.id, j.status""",
+            {"id": held.job_id, "t": TERMINAL, "end": held.held.end},
         ).fetchone()
         assert row is not None
+        if row[2] is not None:
+            held.recorded_after_s = (row[2] - held.held.end).total_seconds()
         if row[0] not in TERMINAL or row[1] is None or row[1] < held.held.end:
             self.violate(
                 f"held job {held.job_id} is {row[0]}, made terminal at {row[1]}; its row was "
@@ -1017,6 +1023,8 @@ class Soak:
              "n/a" if ratio is None else f"{ratio:.2f}"),
             ("  fewest due chunks of other jobs, before", held.reference.min_backlog),
             ("  fewest due chunks of other jobs, under", held.held.min_backlog),
+            ("  its first result recorded, seconds after the release",
+             "none" if held.recorded_after_s is None else f"{held.recorded_after_s:.1f}"),
             ("  held job terminal, seconds after the release",
              "no" if after is None else f"{after:.1f}"),
         ]  # fmt: skip
@@ -1032,6 +1040,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=random.randrange(1_000_000))
     parser.add_argument(
         "--lock-s", type=float, default=20, help="seconds one job row is held locked (0: none)"
+    )
+    parser.add_argument(
+        "--lock-any-status",
+        action="store_true",
+        help="the held job may be one not started yet (PENDING), not only a PROCESSING one",
     )
     parser.add_argument(
         "--switch-to",

@@ -20,9 +20,9 @@ import psycopg
 SAMPLE_S = 0.5
 
 # The job to hold: of the jobs owning the next NEAR due chunks in claim order (so the fleet
-# reaches its chunks within the window), the PROCESSING one with the most pending chunks,
-# else any open job with chunks to do. It is the case that matters: a job being worked on,
-# with more work left than the fleet has slots.
+# reaches its chunks within the window), the one with the most pending chunks, PROCESSING
+# unless ``any_status`` (then it may be a PENDING job not started yet); else any open job
+# with chunks to do.
 NEAR = 2000
 _PICK_JOB = """
 WITH head AS (
@@ -32,7 +32,7 @@ WITH head AS (
 SELECT c.job_id FROM chunks c JOIN jobs j ON j.id = c.job_id
 WHERE c.status IN ('pending', 'running') AND j.status IN ('PENDING', 'PROCESSING')
 GROUP BY c.job_id, j.status
-ORDER BY c.job_id IN (SELECT job_id FROM head) AND j.status = 'PROCESSING' DESC,
+ORDER BY c.job_id IN (SELECT job_id FROM head) AND j.status = ANY(%(statuses)s) DESC,
          count(*) FILTER (WHERE c.status = 'pending') DESC, c.job_id
 LIMIT 1
 """
@@ -76,6 +76,7 @@ class HeldLock:
     pending_at_lock: int = 0
     most_slots_held: int = 0  # most of the locked job's chunks running at once (deferred)
     terminal_after_s: float | None = None  # the locked job's terminal transition after it
+    recorded_after_s: float | None = None  # its first chunk success after the release
 
     @property
     def ratio(self) -> float | None:
@@ -148,13 +149,16 @@ def count(conn: psycopg.Connection[Any], window: Window, job: uuid.UUID) -> None
     window.succeeded_all, window.succeeded_others = row
 
 
-def hold_one_job(url: str, seconds: float, tend: Callable[[], None]) -> HeldLock:
+def hold_one_job(
+    url: str, seconds: float, tend: Callable[[], None], *, any_status: bool = False
+) -> HeldLock:
     """A reference window of ``seconds``, then one job row held FOR UPDATE for ``seconds``
     from a session of our own, then committed. Returns what was measured."""
     figures = HeldLock()
+    statuses = ["PENDING", "PROCESSING"] if any_status else ["PROCESSING"]
     with psycopg.connect(url, autocommit=True) as monitor:
         reference = observe(monitor, seconds, tend)
-        row = monitor.execute(_PICK_JOB, {"near": NEAR}).fetchone()
+        row = monitor.execute(_PICK_JOB, {"near": NEAR, "statuses": statuses}).fetchone()
         if row is None:
             return figures
         figures.job_id = job = row[0]
