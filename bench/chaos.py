@@ -5,7 +5,7 @@ jobs' throughput is measured against the window just before. Then every contract
 checked in SQL and over HTTP against the texts that were submitted.
 
     python -m bench.chaos [--duration S] [--workers N] [--jobs N] [--seed N] [--lock-s S]
-                          [--switch-to PROVIDER] [--database-url URL]
+                          [--lock-any-status] [--switch-to PROVIDER] [--database-url URL]
 
 Prints each violation as found and the figures at the end; exits 1 if there was any violation.
 """
@@ -210,8 +210,7 @@ FIGURES = [  # printed in this order; the ones counted in SQL come from ``figure
     "  of them longer than the lease", "  late results they had dropped by the fence",
     "workers switched provider (SIGTERM, restart)", "jobs with results from two providers",
     "PostgreSQL restarts (fast)", "PostgreSQL crashes (immediate stop, start)",
-    "restart probes answered 503",
-    "restart probes answered 200", "crash probes answered 503",
+    "restart probes answered 503", "restart probes answered 200", "crash probes answered 503",
     "POST answered 503 in an outage (retried)", "GET answered 503 in an outage",
     "pool-reset tracebacks in gunicorn.log", "status polls", "drain seconds",
 ]  # fmt: skip
