@@ -1,8 +1,11 @@
-"""Chaos soak: gunicorn and workers on a throwaway PostgreSQL, with workers SIGKILLed and the
-database restarted while jobs pour in; then every contract invariant is checked in SQL and over
-HTTP against the texts that were submitted.
+"""Chaos soak: gunicorn and workers on a throwaway PostgreSQL, with workers SIGKILLed, paused
+past their leases and switched to another provider, and the database restarted, while jobs
+pour in; in a calm phase in the middle, one job row is held locked from outside and the other
+jobs' throughput is measured against the window just before. Then every contract invariant is
+checked in SQL and over HTTP against the texts that were submitted.
 
-    python -m bench.chaos [--duration S] [--workers N] [--jobs N] [--seed N] [--database-url URL]
+    python -m bench.chaos [--duration S] [--workers N] [--jobs N] [--seed N] [--lock-s S]
+                          [--lock-any-status] [--switch-to PROVIDER] [--database-url URL]
 
 Prints each violation as found and the figures at the end; exits 1 if there was any violation.
 """
@@ -29,6 +32,7 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -39,8 +43,10 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import make_url
 
+from bench.heldlock import HeldLock, hold_one_job
 from schema.embedded import EmbeddedPostgres
 from schema.states import CHUNK_TRANSITIONS, JOB_TRANSITIONS, TERMINAL_JOB_STATUSES
+from workerd.providers.builtin import count_sentences, count_words
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "zugzwangle"  # the simulated provider fails every attempt of a chunk holding this word
@@ -55,6 +61,12 @@ LEASE_S, GRACE_S, MAX_ATTEMPTS = 3, 5, 5
 CRASH_OUTAGE_S = 4.0  # longer than a lease: rescues and fenced late results must happen
 DRAIN_S = 180.0
 SLACK_S = 10.0  # a 503 this soon after the database came back still belongs to the outage
+PAUSE_EVERY_S = (4.0, 8.0)  # SIGSTOP a worker this often (one paused at a time)
+SHORT_PAUSE_S = (0.5, 0.7 * LEASE_S)  # its leases may well survive
+LONG_PAUSE_S = (LEASE_S + 2, 3 * LEASE_S)  # its leases expire: it is rescued, then fenced
+SETTLE_S = 2 * LEASE_S  # calm before the held-lock phase: rescues done, backoffs over
+MIN_LOCK_RATIO = 0.5  # other jobs keep at least half their throughput under a held job row
+PROVIDER = "simulated"
 RESET_NOISE = "Exception during reset or similar"
 WEB_FAILURES = ("unhandled error", "WORKER TIMEOUT", "Exception in worker", "failed to boot")
 TERMINAL = sorted(s.value for s in TERMINAL_JOB_STATUSES)
@@ -194,9 +206,11 @@ FIGURES = [  # printed in this order; the ones counted in SQL come from ``figure
     "chunks failed for good", "  of them holding the marker", "failed attempts logged",
     "  of them lost workers (rescued)", "late results dropped by the fence",
     "chunk transitions logged", "workers started", "worker SIGKILLs", "worker SIGTERMs",
-    "  of them exiting 0 in time", "replacement workers", "PostgreSQL restarts (fast)",
-    "PostgreSQL crashes (immediate stop, start)", "restart probes answered 503",
-    "restart probes answered 200", "crash probes answered 503",
+    "  of them exiting 0 in time", "replacement workers", "worker pauses (SIGSTOP, SIGCONT)",
+    "  of them longer than the lease", "  late results they had dropped by the fence",
+    "workers switched provider (SIGTERM, restart)", "jobs with results from two providers",
+    "PostgreSQL restarts (fast)", "PostgreSQL crashes (immediate stop, start)",
+    "restart probes answered 503", "restart probes answered 200", "crash probes answered 503",
     "POST answered 503 in an outage (retried)", "GET answered 503 in an outage",
     "pool-reset tracebacks in gunicorn.log", "status polls", "drain seconds",
 ]  # fmt: skip
@@ -221,6 +235,9 @@ class Submitted:
 class Proc:
     proc: subprocess.Popen[bytes]
     log: Path
+    provider: str
+    paused_until: float | None = None  # SIGSTOPped until then (monotonic)
+    long_pauses: int = 0  # pauses that outlasted its leases
 
     def up(self) -> bool:
         """Logged its start, so its SIGTERM handler is installed."""
@@ -245,8 +262,59 @@ def make_text(rng: random.Random) -> tuple[str, int]:
     return "".join(parts), max_chars
 
 
-def digest_of(result: dict[str, Any] | None) -> str | None:
-    return (result or {}).get("digest")
+def wall_seconds(args: argparse.Namespace) -> float:
+    """The traffic phase: --duration seconds of chaos plus the held-lock phase."""
+    return args.duration + (SETTLE_S + 2 * args.lock_s if args.lock_s > 0 else 0.0)
+
+
+def made_from(provider: str | None, piece: str, result: dict[str, Any] | None) -> bool:
+    """Whether ``result`` is what ``provider`` makes of ``piece``, judged by the fields that
+    depend on the text alone (a result recorded without its provider is not)."""
+    result = result or {}
+    if provider == "simulated":
+        digest = hashlib.sha256(piece.encode()).hexdigest()[:16]
+        return (result.get("digest"), result.get("chars")) == (digest, len(piece))
+    if provider == "builtin":
+        counts = (len(piece), count_words(piece), count_sentences(piece))
+        fields = (result.get("chars"), result.get("words"), result.get("sentences"))
+        return fields == counts and isinstance(result.get("keywords"), list)
+    return False
+
+
+def summary_problems(summary: dict[str, Any], groups: dict[str | None, list[int]]) -> list[str]:
+    """A job's summary against the lengths of its succeeded chunks, grouped by the provider
+    that produced each (in order of first appearance): one provider's merge, or, when there
+    are several, ``{"providers": [{"provider", "chunks", "summary"}, ...]}``; never an error."""
+    if "error" in summary:
+        return [f"the merge failed: {summary['error']}"]
+    if len(groups) <= 1:
+        lengths = next(iter(groups.values()), [])
+        if (summary.get("chunks"), summary.get("chars")) != (len(lengths), sum(lengths)):
+            return [f"summary {summary} does not add up its {len(lengths)} succeeded chunks"]
+        return []
+    want = [(name, len(ls), len(ls), sum(ls)) for name, ls in groups.items()]
+    listed = summary.get("providers")
+    got = [
+        (p.get("provider"), p.get("chunks"), p.get("summary", {}).get("chunks"),
+         p.get("summary", {}).get("chars"))
+        for p in (listed if isinstance(listed, list) else [])
+        if isinstance(p, dict) and isinstance(p.get("summary", {}), dict)
+    ]  # fmt: skip
+    if got != want:
+        return [f"summary {str(summary)[:300]} is not the per-provider merge {want}"]
+    return []
+
+
+def dropped_after(log: str, resumed: datetime) -> int:
+    """Fenced drops a worker logged in the leases' time after it was resumed (its log lines
+    start with a local ``asctime``, as ``datetime.now()`` is)."""
+    n = 0
+    for line in log.splitlines():
+        if "result dropped" in line:
+            with contextlib.suppress(ValueError):
+                at = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+                n += resumed - timedelta(seconds=1) <= at <= resumed + timedelta(seconds=LEASE_S)
+    return n
 
 
 def tail(path: Path, lines: int = 12) -> str:
@@ -283,6 +351,9 @@ class Soak:
         self.n: Counter[str] = Counter()
         self.violations: list[str] = []
         self.t0 = time.monotonic()
+        self.chaos_s = 0.0  # seconds of chaos so far (the calm phase does not count)
+        self.held: HeldLock | None = None
+        self.resumed: list[tuple[str, datetime]] = []  # (worker log, when) after long pauses
 
     def violate(self, message: str) -> None:
         with self.lock:
@@ -344,15 +415,16 @@ class Soak:
             time.sleep(0.1)
         raise RuntimeError(f"gunicorn did not come up:\n{tail(log)}")
 
-    def start_worker(self) -> None:
+    def start_worker(self, provider: str = PROVIDER) -> None:
         self.count("workers started")
         log = self.tmp / "logs" / f"worker-{self.n['workers started']:03d}.log"
         cmd = [sys.executable, "-m", "workerd", "--concurrency", "8"]
+        env = {**self.env, "CHUNKQ_PROVIDER": provider}
         with log.open("ab") as out:  # the child keeps its own copy of the descriptor
             proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=self.env, stdout=out, stderr=out, start_new_session=True
+                cmd, cwd=ROOT, env=env, stdout=out, stderr=out, start_new_session=True
             )
-        self.workers.append(Proc(proc, log))
+        self.workers.append(Proc(proc, log, provider))
 
     # -- traffic -------------------------------------------------------------------------
 
@@ -383,9 +455,10 @@ class Soak:
             self.violate(f"{what}: 503 without problem+json and Retry-After: {kind!r} {retry!r}")
 
     def submitter(self) -> None:
-        """Submit --jobs texts spread over 85% of the run, retrying those that got a 503."""
+        """Submit --jobs texts spread over 85% of the run (the calm phase included, so that it
+        has a backlog), retrying those that got a 503."""
         rng = random.Random(self.rng.random())
-        spacing = 0.85 * self.args.duration / self.args.jobs
+        spacing = 0.85 * wall_seconds(self.args) / self.args.jobs
         with httpx.Client(base_url=self.base, timeout=30) as http:
             for i in range(self.args.jobs):
                 text, max_chars = make_text(rng)
@@ -450,42 +523,166 @@ class Soak:
     # -- chaos ---------------------------------------------------------------------------
 
     def chaos(self) -> None:
-        """Hit a random worker every 2-5 s (one in four a SIGTERM, the rest SIGKILL) and start a
-        replacement; restart PostgreSQL once a minute, alternating fast restarts and crashes."""
+        """--duration seconds of faults, with the held-lock phase in the middle (``calm``).
+        Faults: a random worker hit every 2-5 s (one in four a SIGTERM, the rest SIGKILL) and
+        replaced; one SIGSTOPped every 4-8 s for a pause alternately shorter and longer than
+        the lease; a quarter of the way in, half the workers restarted on --switch-to;
+        PostgreSQL restarted once a minute, alternating fast restarts and crashes."""
         d = self.args.duration
         n = 0 if self.server is None else max(1, round(d / 60))
         kinds = ["crash"] if n == 1 else ["restart", "crash"] * n
-        outages = [(self.t0 + d * (i + 1) / (n + 1), kinds[i]) for i in range(n)]
-        next_hit = self.t0 + self.rng.uniform(2, 5)
-        while (now := time.monotonic()) < self.t0 + d:
+        events = [(d * (i + 1) / (n + 1), kinds[i]) for i in range(n)]
+        if self.args.switch_to:
+            events.append((d / 4, "switch"))
+        events.sort()
+        if self.args.lock_s > 0:
+            self.faults(events, d / 2)
+            self.calm()
+        self.faults(events, d)
+
+    def faults(self, events: list[tuple[float, str]], until: float) -> None:
+        """Faults until ``until`` seconds of chaos in all; ``events`` (at seconds of chaos)
+        are taken off the list as they happen."""
+        started, base = time.monotonic(), self.chaos_s
+
+        def elapsed() -> float:
+            self.chaos_s = base + time.monotonic() - started
+            return self.chaos_s
+
+        next_hit = base + self.rng.uniform(2, 5)
+        next_pause = base + self.rng.uniform(*PAUSE_EVERY_S)
+        while elapsed() < until:
             self.tend_workers()
-            if outages and now >= outages[0][0]:
-                self.outage(outages.pop(0)[1])
-            elif now >= next_hit:
-                victim = self.workers.pop(self.rng.randrange(len(self.workers)))
-                # SIGTERM only a worker that is up: one still importing dies of the default action.
-                if self.rng.random() < 0.25 and victim.up():
-                    victim.proc.terminate()
-                    self.stopping.append((victim, now))
-                    self.count("worker SIGTERMs")
+            if events and self.chaos_s >= events[0][0]:
+                kind = events.pop(0)[1]
+                if kind == "switch":
+                    self.switch_provider(self.args.switch_to)
                 else:
-                    victim.proc.kill()
-                    victim.proc.wait()
-                    self.count("worker SIGKILLs")
-                self.start_worker()
-                self.count("replacement workers")
-                next_hit = now + self.rng.uniform(2, 5)
+                    self.outage(kind)
+            elif self.chaos_s >= next_hit:
+                self.hit()
+                next_hit = elapsed() + self.rng.uniform(2, 5)
+            elif self.chaos_s >= next_pause:
+                self.pause()
+                next_pause = elapsed() + self.rng.uniform(*PAUSE_EVERY_S)
             time.sleep(0.1)
 
+    def hit(self) -> None:
+        """SIGTERM (one in four, if it is up) or SIGKILL a worker that is not paused, and start
+        a replacement on the same provider."""
+        running = [w for w in self.workers if w.paused_until is None]
+        if not running:
+            return
+        victim = self.rng.choice(running)
+        self.workers.remove(victim)
+        # SIGTERM only a worker that is up: one still importing dies of the default action.
+        if self.rng.random() < 0.25 and victim.up():
+            victim.proc.terminate()
+            self.stopping.append((victim, time.monotonic()))
+            self.count("worker SIGTERMs")
+        else:
+            victim.proc.kill()
+            victim.proc.wait()
+            self.count("worker SIGKILLs")
+        self.start_worker(victim.provider)
+        self.count("replacement workers")
+
+    def pause(self) -> None:
+        """SIGSTOP a worker that is up (one at a time), alternately for less and for more than
+        the lease; ``tend_workers`` sends the SIGCONT. After a long pause its chunks have been
+        rescued, so whatever it then tries to record must be refused by the fence."""
+        if any(w.paused_until is not None for w in self.workers):
+            return
+        ready = [w for w in self.workers if w.up()]
+        if not ready:
+            return
+        w = self.rng.choice(ready)
+        long = self.n["worker pauses (SIGSTOP, SIGCONT)"] % 2 == 1
+        w.proc.send_signal(signal.SIGSTOP)
+        w.paused_until = time.monotonic() + self.rng.uniform(
+            *(LONG_PAUSE_S if long else SHORT_PAUSE_S)
+        )
+        w.long_pauses += long
+        self.count("worker pauses (SIGSTOP, SIGCONT)")
+        self.count("  of them longer than the lease", long)
+
+    def resume(self, w: Proc) -> None:
+        w.proc.send_signal(signal.SIGCONT)
+        if w.long_pauses and w.paused_until is not None:
+            self.resumed.append((w.log.name, datetime.now()))
+        w.paused_until = None
+
+    def resume_all(self) -> None:
+        for w in self.workers:
+            if w.paused_until is not None:
+                self.resume(w)
+
+    def switch_provider(self, provider: str) -> None:
+        """Restart half the workers (at least one) on ``provider`` while jobs are in flight:
+        each is SIGTERMed (it finishes what it holds) and replaced by one on ``provider``, so
+        the jobs under way get results from both providers."""
+        others = [w for w in self.workers if w.paused_until is None and w.provider != provider]
+        for w in others[: max(1, len(self.workers) // 2)]:
+            self.workers.remove(w)
+            if w.up():
+                w.proc.terminate()
+                self.stopping.append((w, time.monotonic()))
+                self.count("worker SIGTERMs")
+            else:
+                w.proc.kill()
+                w.proc.wait()
+                self.count("worker SIGKILLs")
+            self.start_worker(provider)
+            self.count("workers switched provider (SIGTERM, restart)")
+
+    def calm(self) -> None:
+        """The held-lock phase, free of other faults so that its two windows compare: every
+        worker resumed and up, no SIGTERMed one left, SETTLE_S for rescues and backoffs to
+        play out; then ``hold_one_job``. Judged here: a held job row must leave the other
+        jobs at least MIN_LOCK_RATIO of their throughput, as long as they had work due."""
+        self.resume_all()
+        deadline = time.monotonic() + 60
+        while self.stopping or not all(w.up() for w in self.workers):
+            if time.monotonic() > deadline:
+                break
+            self.tend_workers()
+            time.sleep(0.1)
+        until = time.monotonic() + SETTLE_S
+        while time.monotonic() < until:
+            self.tend_workers()
+            time.sleep(0.1)
+        started = self.n["workers started"]
+        self.held = held = hold_one_job(
+            self.url, self.args.lock_s, self.tend_workers, any_status=self.args.lock_any_status
+        )
+        if self.n["workers started"] != started:
+            self.violate("a worker died during the held-lock phase: its windows do not compare")
+        if held.job_id is None or held.held is None:
+            self.violate("held-lock phase: no open job with chunks to do, nothing to lock")
+            return
+        print(f"held lock: {held.describe()}", file=sys.stderr, flush=True)
+        ratio = held.ratio
+        if held.held.min_backlog > 0 and (ratio is None or ratio < MIN_LOCK_RATIO):
+            self.violate(
+                f"a job row held for {self.args.lock_s:g}s from outside cut the other jobs' "
+                f"throughput below {MIN_LOCK_RATIO:g} of normal, with work due all along: "
+                + held.describe()
+            )
+
     def tend_workers(self) -> None:
-        """A worker that exits unasked is a violation (and is replaced); a SIGTERMed one must
-        exit 0 within the grace period plus 5 s."""
+        """A paused worker whose time is up gets its SIGCONT. A worker that exits unasked is a
+        violation (and is replaced); a SIGTERMed one must exit 0 within the grace period
+        plus 5 s."""
+        now = time.monotonic()
+        for w in self.workers:
+            if w.paused_until is not None and now >= w.paused_until:
+                self.resume(w)
         for w in [w for w in self.workers if w.proc.poll() is not None]:
             self.violate(
                 f"worker {w.log.name} exited by itself ({w.proc.returncode}):\n{tail(w.log)}"
             )
             self.workers.remove(w)
-            self.start_worker()
+            self.start_worker(w.provider)
             self.count("replacement workers")
         for w, sent in list(self.stopping):
             code, late = w.proc.poll(), time.monotonic() - sent > GRACE_S + 5
@@ -552,6 +749,7 @@ class Soak:
         """Stop traffic and chaos, wait (bounded) until every job is terminal, then SIGTERM
         every worker and check that each exits 0 in time."""
         self.stop.set()
+        self.resume_all()
         for thread in self.threads:
             thread.join(60)
         started = time.monotonic()
@@ -607,6 +805,7 @@ class Soak:
                     for problem in self.check_job(conn, http, job_id, self.jobs[job_id]):
                         self.violate(f"job {job_id}: {problem}")
             self.figures_from(conn)
+            self.check_faults(conn)
 
     def check_job(
         self, conn: psycopg.Connection[Any], http: httpx.Client, job_id: str, job: Submitted
@@ -622,7 +821,8 @@ class Soak:
         rows = {
             r[0]: r[1:]
             for r in conn.execute(
-                "SELECT seq, status, text, result, error FROM chunks WHERE job_id = %s", (job_id,)
+                "SELECT seq, status, text, result, error, provider FROM chunks WHERE job_id = %s",
+                (job_id,),
             )
         }
         entries = (row[4] or {}).get("chunks", [])
@@ -634,25 +834,29 @@ class Soak:
             a["end"] != b["start"] for a, b in itertools.pairwise(entries)
         ):
             problems.append("the result's chunks do not tile the submitted text")
+        groups: dict[str | None, list[int]] = {}  # succeeded chunks' lengths by provider
         for e, piece in zip(entries, pieces, strict=True):
-            status, text, result, error = rows.get(e["index"], (None,) * 4)
-            digest = hashlib.sha256(piece.encode()).hexdigest()[:16]
+            status, text, result, error, provider = rows.get(e["index"], (None,) * 5)
+            if status == "succeeded":
+                groups.setdefault(provider, []).append(len(piece))
             if (e["status"], piece) != (status, text):
                 span = f"text[{e['start']}:{e['end']}]"
                 same = "the same text" if piece == text else "other text"
                 problems.append(f"chunk {e['index']}: {e['status']} {span}; row: {status}, {same}")
-            elif status == "succeeded" and (e.get("result"), digest) != (result, digest_of(result)):
-                problems.append(f"chunk {e['index']}: result {e.get('result')} not its text's")
+            elif status == "succeeded" and (
+                e.get("result") != result or not made_from(provider, piece, result)
+            ):
+                problems.append(
+                    f"chunk {e['index']}: result {e.get('result')} not {provider}'s of its text"
+                )
             elif status == "failed" and (e.get("error") or None, "result" in e) != (error, False):
                 problems.append(f"chunk {e['index']}: error {e.get('error')!r} vs {error!r}")
-            if MARKED.search(piece) and status != "failed":
-                problems.append(f"chunk {e['index']} holds {MARKER} yet is {status}")
+            # Only the simulated provider fails the marker; builtin analyses it like any text.
+            if MARKED.search(piece) and status != "failed" and provider != "builtin":
+                problems.append(f"chunk {e['index']} holds {MARKER} yet is {status} ({provider})")
             if status == "failed" and MARKED.search(piece):
                 self.count("  of them holding the marker")
-        ok = [len(p) for e, p in zip(entries, pieces, strict=True) if e["status"] == "succeeded"]
-        summary = (row[4] or {}).get("summary", {})
-        if (summary.get("chunks"), summary.get("chars")) != (len(ok), sum(ok)):
-            problems.append(f"summary {summary} does not add up its {len(ok)} succeeded chunks")
+        problems += summary_problems((row[4] or {}).get("summary", {}), groups)
         body = http.get(f"/v1/analyze/{job_id}").json()
         keys = ("status", "chunks_total", "chunks_completed", "chunks_failed", "analysis_result")
         errors = [
@@ -682,8 +886,46 @@ class Soak:
             ("failed attempts logged", "chunk_attempts"),
             ("  of them lost workers (rescued)", "chunk_attempts WHERE error_class = 'WorkerLost'"),
             ("chunk transitions logged", "chaos.chunk_log"),
+            (
+                "jobs with results from two providers",
+                """(SELECT job_id FROM chunks WHERE status = 'succeeded' GROUP BY job_id
+                    HAVING count(DISTINCT provider) > 1) AS mixed""",
+            ),
         ):
             self.count(name, conn.execute(f"SELECT count(*) FROM {sql}").fetchone()[0])  # type: ignore[index]
+        for provider, k in conn.execute(
+            "SELECT provider, count(*) FROM chunks WHERE status = 'succeeded' GROUP BY 1"
+        ):
+            self.count(f"chunks succeeded by {provider}", k)
+
+    def check_faults(self, conn: psycopg.Connection[Any]) -> None:
+        """The faults did what they are for: the switch left jobs with results from two
+        providers, and the held job ended terminal after its row was released."""
+        if self.args.switch_to and not self.n["jobs with results from two providers"]:
+            self.violate(f"no job got results from both {PROVIDER} and {self.args.switch_to}")
+        held = self.held
+        if held is None or held.job_id is None or held.held is None:
+            return
+        # The job_log's clock is the UPDATE's own; finished_at is its transaction's start,
+        # which may precede the release while that transaction waited for CPU.
+        row = conn.execute(
+            """SELECT j.status, min(l.at) FILTER (WHERE l.new_status = ANY(%(t)s)),
+                      (SELECT min(at) FROM chaos.chunk_log WHERE job_id = j.id
+                          AND new_status = 'succeeded' AND at >= %(end)s)
+               FROM jobs j LEFT JOIN chaos.job_log l ON l.job_id = j.id
+               WHERE j.id = %(id)s GROUP BY j.id, j.status""",
+            {"id": held.job_id, "t": TERMINAL, "end": held.held.end},
+        ).fetchone()
+        assert row is not None
+        if row[2] is not None:
+            held.recorded_after_s = (row[2] - held.held.end).total_seconds()
+        if row[0] not in TERMINAL or row[1] is None or row[1] < held.held.end:
+            self.violate(
+                f"held job {held.job_id} is {row[0]}, made terminal at {row[1]}; its row was "
+                f"held until {held.held.end}"
+            )
+        else:
+            held.terminal_after_s = (row[1] - held.held.end).total_seconds()
 
     def scan_logs(self) -> None:
         """Count fenced drops. A worker's traceback, the web's 500 path ("unhandled error") or
@@ -692,6 +934,10 @@ class Soak:
         for log in sorted((self.tmp / "logs").glob("*.log")):
             text = log.read_text(errors="replace")
             self.count("late results dropped by the fence", text.count("result dropped"))
+            for name, resumed in self.resumed:
+                if name == log.name:
+                    late = dropped_after(text, resumed)
+                    self.count("  late results they had dropped by the fence", late)
             self.count("pool-reset tracebacks in gunicorn.log", text.count(RESET_NOISE))
             bad = ("Traceback",) if log.name.startswith("worker") else WEB_FAILURES
             for word in bad:
@@ -755,7 +1001,34 @@ class Soak:
         self.n["jobs acknowledged (202)"] = len(self.jobs)
         for key in [*FIGURES, *sorted(set(self.n) - set(FIGURES))]:
             print(f"  {key:<56}{self.n[key]:>8}")
+        self.report_held()
         print(f"  {'violations found':<56}{len(self.violations):>8}")
+
+    def report_held(self) -> None:
+        held = self.held
+        if held is None or held.job_id is None or held.reference is None or held.held is None:
+            print(f"  {'held-lock phase':<56}{'not run':>8}")
+            return
+        before, before_others, under = held.rates()
+        after, ratio = held.terminal_after_s, held.ratio
+        lines: list[tuple[str, object]] = [
+            (f"held job row ({self.args.lock_s:g}s FOR UPDATE): open chunks",
+             held.pending_at_lock),
+            ("  most of them holding worker slots at once", held.most_slots_held),
+            ("  chunks/s before the lock, all jobs", f"{before:.1f}"),
+            ("  chunks/s before the lock, other jobs", f"{before_others:.1f}"),
+            ("  chunks/s under the lock, other jobs", f"{under:.1f}"),
+            (f"  ratio under/before (target >= {MIN_LOCK_RATIO:g})",
+             "n/a" if ratio is None else f"{ratio:.2f}"),
+            ("  fewest due chunks of other jobs, before", held.reference.min_backlog),
+            ("  fewest due chunks of other jobs, under", held.held.min_backlog),
+            ("  its first result recorded, seconds after the release",
+             "none" if held.recorded_after_s is None else f"{held.recorded_after_s:.1f}"),
+            ("  held job terminal, seconds after the release",
+             "no" if after is None else f"{after:.1f}"),
+        ]  # fmt: skip
+        for key, value in lines:
+            print(f"  {key:<56}{value!s:>8}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -764,12 +1037,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=3, help="worker processes at a time")
     parser.add_argument("--jobs", type=int, default=360, help="jobs submitted during the run")
     parser.add_argument("--seed", type=int, default=random.randrange(1_000_000))
+    parser.add_argument(
+        "--lock-s", type=float, default=20, help="seconds one job row is held locked (0: none)"
+    )
+    parser.add_argument(
+        "--lock-any-status",
+        action="store_true",
+        help="the held job may be one not started yet (PENDING), not only a PROCESSING one",
+    )
+    parser.add_argument(
+        "--switch-to",
+        default="builtin",
+        choices=["builtin", "simulated", ""],
+        help=f"provider half the workers switch to mid-run ('' or {PROVIDER}: none)",
+    )
     parser.add_argument("--database-url", help="use this server (then no PostgreSQL restarts)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir and its logs")
     args = parser.parse_args(argv)
-    if args.duration <= 0 or args.workers < 1 or args.jobs < 1:
-        parser.error("--duration, --workers and --jobs must be positive")
-    budget = int(args.duration + DRAIN_S + 120)  # setup, chaos, drain, checks: all of it
+    if args.duration <= 0 or args.workers < 1 or args.jobs < 1 or args.lock_s < 0:
+        parser.error("--duration, --workers and --jobs must be positive, --lock-s not negative")
+    if args.switch_to == PROVIDER:
+        args.switch_to = ""
+    budget = int(wall_seconds(args) + DRAIN_S + 180)  # setup, chaos, drain, checks: all of it
 
     def interrupt(signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt

@@ -627,7 +627,14 @@ class Worker:
             with watchdog.guard(self._conn, self._deadline_s), self._conn.transaction():
                 bound(self._conn, self.settings.lease_s)
                 return fn(self._conn)
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        # The server ending a session left idle in a transaction (this process was paused,
+        # see schema.db.session_timeouts) is a lost connection too, though psycopg files
+        # SQLSTATE 25P03 under InternalError.
+        except (
+            psycopg.OperationalError,
+            psycopg.InterfaceError,
+            psycopg.errors.IdleInTransactionSessionTimeout,
+        ) as exc:
             if self._conn is not None and (self._conn.closed or self._conn.broken):
                 self._conn.close()
                 self._conn = None
