@@ -171,13 +171,14 @@ _CLAIM = f"""
 WITH picked AS (
     SELECT job_id, seq FROM chunks
     WHERE status = 'pending' AND next_attempt_at <= {NOW}
+      AND NOT job_id = ANY(%(skip)s::uuid[])
     ORDER BY next_attempt_at, job_id, seq
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE chunks c
     SET status = 'running', attempts = c.attempts + 1, worker_id = %(me)s,
-        lease_expires_at = {NOW} + make_interval(secs => %(lease)s)
+        lease_expires_at = {NOW} + make_interval(secs => %(lease)s), finished_at = NULL
     FROM picked
     WHERE c.job_id = picked.job_id AND c.seq = picked.seq
     RETURNING c.job_id, c.seq, c.attempts, c.start_offset, c.end_offset, c.text, c.parts
@@ -200,6 +201,7 @@ def claim(
     lease_s: float,
     now: datetime | None = None,
     cap: int | None = None,
+    skip_jobs: Iterable[uuid.UUID] = (),
 ) -> list[ClaimedChunk]:
     """Take up to ``limit`` due pending chunks: running, one more attempt, leased to us.
 
@@ -209,14 +211,22 @@ def claim(
     statement, so a client never sees a running chunk under a PENDING job.
 
     ``cap`` bounds the provider calls running across every worker, chunks and reductions
-    (CHUNKQ_PROVIDER_CONCURRENCY); see ``running_calls``.
+    (CHUNKQ_PROVIDER_CONCURRENCY); see ``running_calls``. ``skip_jobs`` are jobs whose row
+    the caller found held elsewhere: their chunks could not be recorded now either.
     """
     if cap is not None:
         limit = min(limit, cap - running_calls(conn))
     if limit <= 0:
         return []
     rows = conn.execute(
-        _CLAIM, {"limit": limit, "me": worker_id, "lease": lease_s, "now": now}
+        _CLAIM,
+        {
+            "limit": limit,
+            "me": worker_id,
+            "lease": lease_s,
+            "now": now,
+            "skip": list(skip_jobs),
+        },
     ).fetchall()
     return [ClaimedChunk(*row) for row in rows]
 
@@ -228,8 +238,10 @@ def running_calls(conn: psycopg.Connection[Any]) -> int:
     stays true until it commits: no two workers can both fill the last free slot.
     """
     conn.execute("SELECT pg_advisory_xact_lock(%(key)s)", {"key": CAP_LOCK_KEY})
+    # A running chunk with finished_at set has had its answer (its recording waits on a job
+    # row held elsewhere, see ``record``): it holds no provider call.
     row = conn.execute(
-        """SELECT (SELECT count(*) FROM chunks WHERE status = 'running')
+        """SELECT (SELECT count(*) FROM chunks WHERE status = 'running' AND finished_at IS NULL)
                 + (SELECT count(*) FROM reductions WHERE status = 'running')"""
     ).fetchone()
     return int(row[0]) if row else 0
@@ -314,7 +326,9 @@ WITH input AS (
 ), counts AS (
     SELECT job_id, count(*)::int AS n FROM done GROUP BY job_id
 ), counted AS (
-    UPDATE jobs j SET chunks_completed = j.chunks_completed + counts.n, updated_at = {NOW}
+    -- PENDING still, when the claim found the job row held elsewhere and left it.
+    UPDATE jobs j SET chunks_completed = j.chunks_completed + counts.n, updated_at = {NOW},
+                      status = CASE WHEN j.status = 'PENDING' THEN 'PROCESSING' ELSE j.status END
     FROM counts WHERE j.id = counts.job_id
     RETURNING j.id, j.chunks_completed + j.chunks_failed = j.chunks_total AS all_final
 )
@@ -339,7 +353,9 @@ WITH input AS (
 ), counts AS (
     SELECT job_id, count(*)::int AS n FROM done GROUP BY job_id
 ), counted AS (
-    UPDATE jobs j SET chunks_failed = j.chunks_failed + counts.n, updated_at = {NOW}
+    -- PENDING still, when the claim found the job row held elsewhere and left it.
+    UPDATE jobs j SET chunks_failed = j.chunks_failed + counts.n, updated_at = {NOW},
+                      status = CASE WHEN j.status = 'PENDING' THEN 'PROCESSING' ELSE j.status END
     FROM counts WHERE j.id = counts.job_id
     RETURNING j.id, j.chunks_completed + j.chunks_failed = j.chunks_total AS all_final
 )
@@ -397,13 +413,27 @@ def record(
 
     A job row held by another transaction (a paused peer, an operator's open session) is
     skipped, not waited on: its outcomes come back in ``deferred`` and the rest of the
-    batch is written, so one held row never stops the other jobs from finishing.
+    batch is written, so one held row never stops the other jobs from finishing. A deferred
+    chunk stays running (leased to us) with ``finished_at`` set: its provider call is over,
+    so it no longer counts against the shared cap.
     """
     if not outcomes:
         return Recorded(0, [], {})
     held = held_jobs(conn, {o.chunk.job_id for o in outcomes if _counts(o)})
-    deferred = [o.chunk.key for o in outcomes if _counts(o) and o.chunk.job_id in held]
+    waiting = [o for o in outcomes if _counts(o) and o.chunk.job_id in held]
+    deferred = [o.chunk.key for o in waiting]
     outcomes = [o for o in outcomes if not (_counts(o) and o.chunk.job_id in held)]
+    if waiting:
+        job_ids, seqs, attempts = _columns(o.chunk for o in waiting)
+        conn.execute(
+            f"""UPDATE chunks c SET finished_at = {NOW}
+                FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[], %(attempts)b::int[])
+                     AS i(job_id, seq, attempt)
+                WHERE c.job_id = i.job_id AND c.seq = i.seq AND c.attempts = i.attempt
+                  AND c.status = 'running' AND c.worker_id = %(me)s
+                  AND c.finished_at IS NULL""",
+            {"job_ids": job_ids, "seqs": seqs, "attempts": attempts, "me": worker_id, "now": now},
+        )
     successes = [o for o in outcomes if isinstance(o, Success)]
     failures = [o for o in outcomes if isinstance(o, Failure) and o.retry_in is None]
     retries = [o for o in outcomes if isinstance(o, Failure) and o.retry_in is not None]
@@ -500,7 +530,9 @@ WITH expired AS (
 ), counts AS (
     SELECT job_id, count(*)::int AS n FROM moved WHERE status = 'failed' GROUP BY job_id
 ), counted AS (
-    UPDATE jobs j SET chunks_failed = j.chunks_failed + counts.n, updated_at = {NOW}
+    -- PENDING still, when the claim found the job row held elsewhere and left it.
+    UPDATE jobs j SET chunks_failed = j.chunks_failed + counts.n, updated_at = {NOW},
+                      status = CASE WHEN j.status = 'PENDING' THEN 'PROCESSING' ELSE j.status END
     FROM counts WHERE j.id = counts.job_id
     RETURNING j.id, j.chunks_completed + j.chunks_failed = j.chunks_total AS all_final
 )

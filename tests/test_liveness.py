@@ -156,6 +156,67 @@ def test_job_row_held_elsewhere__other_jobs_finish_and_it_finishes_after_release
     assert_invariants(db)
 
 
+@pytest.mark.parametrize("cap", [None, 2])
+def test_job_row_held_elsewhere__its_chunks_give_back_their_slots_and_are_not_claimed(
+    database_url: str, db: psycopg.Connection[Any], cap: int | None
+) -> None:
+    held = submit(db, TEXT, 40)  # first in the claim order
+    free = submit(db, TEXT, 40)
+    settings = Settings(
+        backoff_base_s=0.0, backoff_max_s=0.0, max_attempts=3, provider_concurrency=cap
+    )
+    worker = make_worker(database_url, SimulatedProvider(), settings, concurrency=2)
+    holder = psycopg.connect(database_url)
+    release = threading.Timer(15, holder.commit)
+    try:
+        holder.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (held,))
+        release.start()
+        first = worker.run_once()
+        assert first.claimed == 2 and first.deferred == 2  # the held job's two first chunks
+        step_until(worker, lambda: terminal(db, free), steps=100)
+        rows = chunk_rows(db, held)
+        # Its finished two wait, leased, their calls over; none of its others was claimed.
+        assert [r["status"] for r in rows[:2]] == ["running", "running"]
+        assert {r["status"] for r in rows[2:]} == {"pending"}
+        marked = db.execute(
+            "SELECT count(*) FROM chunks WHERE job_id = %s AND finished_at IS NOT NULL", (held,)
+        ).fetchone()
+        assert marked == (2,)
+        release.cancel()
+        holder.commit()
+        step_until(worker, lambda: terminal(db, held), steps=100, pause=0.01)
+    finally:
+        release.cancel()
+        holder.close()
+        worker.close()
+    assert job_row(db, held)["status"] == job_row(db, free)["status"] == "COMPLETED"
+    assert_invariants(db)
+
+
+def test_pending_job_row_held_at_its_first_claim__it_still_goes_through_processing(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    db.execute(
+        """CREATE TABLE job_log (old text, new text);
+           CREATE FUNCTION log_job() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN INSERT INTO job_log VALUES (OLD.status, NEW.status); RETURN NEW; END $$;
+           CREATE TRIGGER log_job AFTER UPDATE OF status ON jobs FOR EACH ROW
+           WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION log_job();"""
+    )
+    job_id = submit(db, TEXT, 40)
+    worker = make_worker(database_url, SimulatedProvider(), concurrency=16)
+    try:
+        with psycopg.connect(database_url) as holder:
+            holder.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (job_id,))
+            assert worker.run_once().deferred == job_row(db, job_id)["chunks_total"]
+            assert job_row(db, job_id)["status"] == "PENDING"  # the claim could not move it
+        step_until(worker, lambda: terminal(db, job_id), steps=100, pause=0.01)
+    finally:
+        worker.close()
+    moves = db.execute("SELECT old, new FROM job_log").fetchall()
+    assert moves == [("PENDING", "PROCESSING"), ("PROCESSING", "COMPLETED")]
+
+
 def test_rescue__skips_a_held_job_row_instead_of_waiting_on_it(
     database_url: str, db: psycopg.Connection[Any]
 ) -> None:
@@ -466,3 +527,24 @@ def test_hung_database__the_api_answers_503_within_seconds_and_recovers(
             for proc in stopped:
                 proc.resume()
         wait_for(lambda: http.get(url, timeout=20).status_code == 200, 30, "the API to recover")
+
+
+def test_session_ended_for_idling_in_a_transaction__is_a_lost_connection_not_a_bug(
+    database_url: str,
+) -> None:
+    from workerd.worker import DatabaseDown
+
+    settings = Settings(lease_s=1.2)  # idle in a transaction for 0.6 s at most
+    worker = make_worker(database_url, SimulatedProvider(), settings)
+
+    def paused(conn: psycopg.Connection[Any]) -> None:
+        conn.execute("SELECT 1")
+        time.sleep(1.5)  # as a stopped process would, inside the transaction
+        conn.execute("SELECT 1")
+
+    try:
+        with pytest.raises(DatabaseDown):
+            worker._transaction(paused)
+        assert worker._transaction(lambda conn: conn.execute("SELECT 1").fetchone()) == (1,)
+    finally:
+        worker.close()

@@ -144,6 +144,10 @@ class Worker:
         # Outcomes from attempt threads, and outcomes not yet written (kept through outages).
         self._finished: queue_mod.SimpleQueue[Outcome] = queue_mod.SimpleQueue()
         self._unrecorded: list[Outcome] = []
+        # Of those, the ones waiting on a job row held elsewhere: their calls are over, so
+        # they free their slots, and their jobs' other chunks are not claimed meanwhile.
+        self._deferred: set[Any] = set()
+        self._held: set[uuid.UUID] = set()
         self._reduces = can_reduce(provider)
         self._deadline_s = deadline_s(settings.lease_s)
         self._merge = merge_by_name(provider)
@@ -178,7 +182,7 @@ class Worker:
             self._rescue(step)
         if self.stopping.is_set():
             return step
-        free = self.concurrency - len(self._inflight) - len(self._reducing)
+        free = self._free()
         if free <= 0:
             return step
 
@@ -194,6 +198,7 @@ class Worker:
                 lease_s=self.settings.lease_s,
                 now=self._clock(),
                 cap=self.settings.provider_concurrency,
+                skip_jobs=self._held,
             )
 
         limit, claimed = self._transaction(take)
@@ -232,6 +237,10 @@ class Worker:
         if step.claimed and self._pool is None:
             self._record(step)
         return step
+
+    def _free(self) -> int:
+        """Slots free for new attempts: a deferred outcome's call is over and holds none."""
+        return self.concurrency - len(self._inflight) - len(self._reducing) + len(self._deferred)
 
     def _new_call(self, parts: list[dict[str, Any]] | None) -> Call:
         return Call(self.settings.attempt_timeout_s, parts=parts, monotonic=self._monotonic)
@@ -288,8 +297,9 @@ class Worker:
         it ever comes, is ignored here, and the fence would refuse it anyway.
         """
         now = self._monotonic()
+        answered = {self._key(o) for o in self._unrecorded}  # over already, awaiting a write
         for key, call in list(self._calls.items()):
-            if call.deadline > now or key in self._timed_out:
+            if call.deadline > now or key in self._timed_out or key in answered:
                 continue
             self._timed_out.add(key)
             call.abort("deadline")
@@ -384,6 +394,15 @@ class Worker:
         # Written, refused by the fence, or waiting on a job row held elsewhere (kept).
         deferred = set(recorded.deferred) | {o.reduction.job_id for o in waiting}
         self._unrecorded = [o for o in outcomes if self._key(o) in deferred]
+        self._deferred = deferred
+        held = {k[0] for k in recorded.deferred} | {o.reduction.job_id for o in waiting}
+        if held - self._held:
+            log.warning(
+                "job rows held by another transaction: %s; their outcomes wait, the other"
+                " jobs go on",
+                ", ".join(str(j) for j in sorted(held - self._held)),
+            )
+        self._held = held
         for outcome in outcomes:
             key = self._key(outcome)
             if key not in deferred:
@@ -727,7 +746,7 @@ class Worker:
             # Work is due but the circuit holds it: sleep until the next probe (a finished
             # probe wakes us sooner), not until the due work, which is now.
             wait = min(wait, max(0.05, self.circuit.probe_in_s))
-        elif len(self._inflight) < self.concurrency and not self.stopping.is_set():
+        elif self._free() > 0 and not self.stopping.is_set():
             due = self.seconds_until_due()
             if due is not None:
                 wait = min(wait, due)
