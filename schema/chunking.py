@@ -214,11 +214,6 @@ class _Cutter:
         return ends[bisect_right(ends, p) - 1]
 
 
-def _after_last(text: str, chars: str, pos: int, endpos: int) -> int:
-    """Return the offset just after the last of `chars` in text[pos:endpos], or 0 if none."""
-    return max(map(text.rfind, chars, repeat(pos), repeat(endpos))) + 1
-
-
 def _plainly_between(text: str, p: int) -> bool:
     """True if the two characters around `p` alone show that it is a cluster boundary."""
     left, right = text[p - 1], text[p]
