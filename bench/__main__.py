@@ -27,6 +27,11 @@ submit     gunicorn ``web:create_app()`` (2 workers); POST /v1/analyze of 10 KB,
            1 MB and 10 MB of prose at max_chunk_chars=1000 (200 requests each, 20 at 10 MB);
            median and p99 against inserting the same rows with plain psycopg + COPY,
            interleaved request by request.
+huge       A ~30 MB body at just under 100,000 chunks (prose, and prose with combining marks
+           on every character): the splitter and POST /v1/analyze against json.loads of the
+           body and a raw COPY of the same rows; cancel of a 100,000-chunk job (time, bytes)
+           against a plain UPDATE; its GET with and without chunks against reading the stored
+           analysis_result. --quick: a fifth of the size.
 latency    Simulated provider at 200 ms, workers started and idle beforehand: 2,000 chunks
            on 2 workers x 32 slots against the ideal 6.25 s; one 100-chunk job on 2 x 16
            slots, submit -> COMPLETED against 0.8 s.
@@ -63,7 +68,17 @@ from typing import Any
 from bench.figures import Figure, render_table
 from bench.harness import Context, Server, Sizes
 
-MODULES = ("reference", "drain", "pickup", "submit", "latency", "capped", "backlog", "memory")
+MODULES = (
+    "reference",
+    "drain",
+    "pickup",
+    "submit",
+    "huge",
+    "latency",
+    "capped",
+    "backlog",
+    "memory",
+)
 OPTIONAL = ("chaos",)  # written elsewhere; run when present and shaped like the others
 
 

@@ -1,15 +1,17 @@
-"""Cancellation over the API: pending chunks cancelled, late results dropped, 409 when done."""
+"""Cancellation over the API: pending chunks cancelled, late results dropped, 409 when done;
+a small answer whatever the job's size, and the stored result the finalizer's shape."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
 from flask.testing import FlaskClient
 
 from schema import queue
-from schema.queue import Success
-from tests.support import assert_invariants, chunk_rows
+from schema.queue import Failure, Success
+from tests.support import assert_invariants, chunk_rows, job_row, submit
 
 
 def test_cancel__cancels_pending_and_running_keeps_succeeded_and_drops_late_result(
@@ -28,12 +30,16 @@ def test_cancel__cancels_pending_and_running_keeps_succeeded_and_drops_late_resu
 
     response = client.post(f"/v1/analyze/{job_id}/cancel")
     assert response.status_code == 200
+    assert response.headers["Location"] == f"/v1/analyze/{job_id}"
     body = response.get_json()
     assert body["status"] == "CANCELLED" and body["chunks_completed"] == 1
-    entries = body["analysis_result"]["chunks"]
+    assert "chunks" not in body["analysis_result"]  # those are at Location
+    assert body["analysis_result"]["summary"]["chunks"] == 1
+    full = client.get(response.headers["Location"]).get_json()
+    entries = full["analysis_result"]["chunks"]
     assert [e["status"] for e in entries] == ["succeeded"] + ["cancelled"] * (len(entries) - 1)
     assert entries[0]["result"] == {"chars": 5, "words": 1}
-    assert body["analysis_result"]["summary"]["chunks"] == 1
+    assert full["analysis_result"]["summary"] == body["analysis_result"]["summary"]
 
     with db.transaction():
         late = queue.record(
@@ -56,3 +62,74 @@ def test_cancel__unknown_job_is_404(client: FlaskClient) -> None:
     response = client.post("/v1/analyze/00000000-0000-0000-0000-000000000000/cancel")
     assert response.status_code == 404
     assert response.mimetype == "application/problem+json"
+
+
+def test_cancel__answers_without_chunk_entries_however_big_the_job(
+    client: FlaskClient, db: psycopg.Connection[Any]
+) -> None:
+    text = "Word after word, sentence after sentence. " * 2500  # 105,000 characters
+    job_id = client.post("/v1/analyze", json={"raw_text": text, "max_chunk_chars": 50}).get_json()[
+        "job_id"
+    ]
+    response = client.post(f"/v1/analyze/{job_id}/cancel")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["chunks_total"] > 2000 and body["status"] == "CANCELLED"
+    assert set(body["analysis_result"]) == {"summary"}
+    assert len(response.data) < 2000  # the report, not 2,000+ entries
+    full = client.get(f"/v1/analyze/{job_id}").get_json()["analysis_result"]["chunks"]
+    assert [e["index"] for e in full] == list(range(body["chunks_total"]))
+    assert {e["status"] for e in full} == {"cancelled"}
+    assert "".join(text[e["start"] : e["end"]] for e in full) == text
+
+
+def test_cancel__stores_the_same_document_the_finalizer_builds(db: psycopg.Connection[Any]) -> None:
+    # cancel builds analysis_result its own (faster) way; it must equal queue._MERGED over the
+    # same rows: succeeded, failed, retried-then-cancelled, running and pending chunks.
+    job_id = submit(db, "alpha beta gamma delta epsilon zeta eta theta iota kappa", 6)
+    with db.transaction():
+        claimed = queue.claim(db, "W", 4, lease_s=30)
+    ok, bad, retried, _running = claimed
+    with db.transaction():
+        queue.record(
+            db,
+            "W",
+            [
+                Success(ok, {"chars": ok.end - ok.start, "words": 1, "note": 'ünïcode "q"'}),
+                Failure(bad, "Permanent", "no good\nat all", retry_in=None),
+                Failure(retried, "Retryable", "try later", retry_in=0.0),
+            ],
+            queue.merge_with(lambda results: {}),
+        )
+    summary = {"chunks": 1, "chars": ok.end - ok.start, "words": 1}
+    with db.transaction():
+        queue.cancel(db, job_id, queue.merge_with(lambda results: summary))
+        merged = db.execute(
+            f"SELECT {queue._MERGED}", {"id": job_id, "summary": json.dumps(summary)}
+        ).fetchone()
+    stored = job_row(db, job_id)["analysis_result"]
+    assert merged is not None and stored == merged[0]
+    statuses = [e["status"] for e in stored["chunks"]]
+    assert statuses[:3] == ["succeeded", "failed", "cancelled"] and set(statuses[3:]) == {
+        "cancelled"
+    }
+    assert stored["chunks"][2]["error"] == "try later"  # the last error of a cancelled retry
+    assert_invariants(db)
+
+
+def test_cancel__when_the_only_open_chunk_is_running(
+    db: psycopg.Connection[Any],
+) -> None:
+    job_id = submit(db, "one two", 4)
+    with db.transaction():
+        first, _running = queue.claim(db, "W", 2, lease_s=30)
+        queue.record(
+            db, "W", [Success(first, {"chars": 4, "words": 1})], queue.merge_with(lambda r: {})
+        )
+    with db.transaction():
+        queue.cancel(db, job_id, queue.merge_with(lambda results: {"chunks": len(results)}))
+    row = job_row(db, job_id)
+    assert row["status"] == "CANCELLED"
+    assert [e["status"] for e in row["analysis_result"]["chunks"]] == ["succeeded", "cancelled"]
+    assert row["analysis_result"]["summary"] == {"chunks": 1}
+    assert_invariants(db)

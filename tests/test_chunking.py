@@ -1,5 +1,6 @@
 """Tests for the chunker: tiling, boundary preference, grapheme clusters, offsets, speed."""
 
+import random
 import time
 from bisect import bisect_right
 from itertools import pairwise
@@ -9,7 +10,8 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schema.chunking import split_text
+from schema import chunking
+from schema.chunking import _WS_CHARS, split_text
 
 FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"  # 7 code points, 1 cluster
 FLAGS = "\U0001f1fa\U0001f1f8\U0001f1ec\U0001f1e7\U0001f1eb\U0001f1f7"  # US, GB, FR
@@ -355,3 +357,179 @@ def test_split__is_linear_on_pathological_text(text):
     spans = split_text(text, 1000)
     assert time.perf_counter() - began < 2.0
     assert spans[-1][1] == len(text)
+
+
+# The fast path: cluster boundaries are worked out only around candidate cuts, from the last
+# pair of characters that plainly has a boundary between them. These texts make that the
+# common case, and each is checked against \X over the whole text and the slow reference.
+ZALGO_MARKS = [chr(code) for code in range(0x300, 0x370)]
+
+
+def _zalgo(text, seed, most=3):
+    rng = random.Random(seed)
+    return "".join(ch + "".join(rng.choices(ZALGO_MARKS, k=rng.randint(1, most))) for ch in text)
+
+
+FAST_PATH_TEXTS = {
+    "combining-marks": _zalgo(
+        "Every letter carries marks. Even spaces do!\n\nA new paragraph." * 6, 1
+    ),
+    "marks-no-whitespace": _zalgo("abcdefghij" * 40, 2),
+    "no-whitespace": "".join(random.Random(3).choices("abcdefghijklmnopqrstuvwxyz", k=900)),
+    "long-clusters": ("a" + "\u0301" * 37 + " ") * 25,
+    "crlf": "First line.\r\nSecond line\r\n\r\nNew paragraph, \r\nmore words.\r\n" * 15,
+    "lone-crs": "cr\rcr\r\rlf\n\r\n" * 60,
+    "emoji-zwj": (FAMILY + "\U0001f44d\U0001f3fd" + FLAGS + "\u2764\ufe0f\u200d\U0001f525 ") * 30,
+    "devanagari": "क्षत्रिय पुस्तकालय। " * 40,
+    "hangul-jamo": ("\u1100\u1161\u11a8\u1102\u1165 " + "한국어 ") * 60,
+    "prepend": ("\u0600\u0661\u0662 \u06dd\u0663 " + "x\u0600" * 5) * 30,
+}
+
+
+def _assert_cuts_between_clusters(text, spans, max_chars):
+    assert "".join(text[start:end] for start, end in spans) == text
+    assert all(end == start for (_, end), (start, _) in pairwise(spans))
+    assert all(1 <= end - start <= max_chars for start, end in spans)
+    inside = {}
+    for start, end in clusters(text):
+        for offset in range(start + 1, end):
+            inside[offset] = end - start
+    for _, cut in spans[:-1]:
+        assert cut not in inside or inside[cut] > max_chars, f"cut at {cut} splits a cluster"
+
+
+@pytest.mark.parametrize("max_chars", [2, 7, 19, 40, 64, 150])
+@pytest.mark.parametrize("name", sorted(FAST_PATH_TEXTS))
+def test_split__fast_path_tiles_and_keeps_clusters_whole(name, max_chars):
+    text = FAST_PATH_TEXTS[name]
+    spans = split_text(text, max_chars)
+    _assert_cuts_between_clusters(text, spans, max_chars)
+    assert spans == reference_split(text, max_chars)
+
+
+def test_split__long_cluster_stays_whole_when_it_fits_and_is_cut_when_it_does_not():
+    cluster = "a" + "\u0301" * 37  # 38 code points, one cluster
+    text = (cluster + " ") * 10
+    assert all(text[s:e].strip(" ") == cluster for s, e in split_text(text, 40))
+    assert [e - s for s, e in split_text(cluster * 2, 30)] == [30, 8, 30, 8]
+
+
+def test_split__emoji_zwj_sequences_are_never_cut():
+    text = FAMILY * 50  # 7 code points per cluster, no whitespace at all
+    spans = split_text(text, 20)
+    assert all((end - start) % len(FAMILY) == 0 for start, end in spans)
+    assert spans == reference_split(text, 20)
+
+
+def test_split__crlf_is_one_line_break_and_never_split():
+    text = "abc\r\ndef\r\n" * 30
+    for max_chars in range(2, 16):
+        spans = split_text(text, max_chars)
+        assert all(text[end - 1 : end + 1] != "\r\n" for _, end in spans[:-1])
+        assert spans == reference_split(text, max_chars)
+
+
+marked_texts = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["a", "b", " ", "\n", ".", "!", "\r", "\r\n", "क", "\u094d", "\u1100", "🇺"]
+        ),
+        st.lists(st.sampled_from([*ZALGO_MARKS, "\u200d", "\u0903", "\u093f"]), max_size=6),
+    ).map(lambda pair: pair[0] + "".join(pair[1])),
+    max_size=120,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=marked_texts, max_chars=st.integers(1, 60))
+def test_split__mark_heavy_text_matches_slow_reference(text, max_chars):
+    assert split_text(text, max_chars) == reference_split(text, max_chars)
+
+
+# One character of every combination of the properties that decide cluster boundaries
+# (Grapheme_Cluster_Break, Indic_Conjunct_Break, Extended_Pictographic), a few of each.
+PROPERTIES = [
+    *(
+        rf"\p{{GCB={value}}}"
+        for value in (
+            "Other",
+            "Control",
+            "CR",
+            "LF",
+            "Extend",
+            "ZWJ",
+            "SpacingMark",
+            "Prepend",
+            "L",
+            "V",
+            "T",
+            "LV",
+            "LVT",
+            "RI",
+        )
+    ),
+    *(rf"\p{{InCB={value}}}" for value in ("Consonant", "Extend", "Linker")),
+    r"\p{ExtPict}",
+]
+
+
+EVERYTHING = "".join(chr(code) for code in range(0x110000) if not 0xD800 <= code < 0xE000)
+
+
+def _representatives(per_class):
+    tests = [regex.compile(prop) for prop in PROPERTIES]
+    # Most characters are plain GCB=Other; classify those that have some other property.
+    special = regex.compile("[" + "".join(PROPERTIES[1:]) + "]")
+    found = {}
+    for ch in ["a", *special.findall(EVERYTHING)]:
+        chars = found.setdefault(tuple(bool(test.match(ch)) for test in tests), [])
+        if len(chars) < per_class:
+            chars.append(ch)
+    return [ch for chars in found.values() for ch in chars]
+
+
+def test_plain_pairs__are_boundaries_whatever_precedes_them():
+    # The fast path trusts _SAFE_PAIR without looking further left: check it against \X with
+    # every one-character context, and for one character per class every two-character one.
+    every, one = _representatives(2), _representatives(1)
+    short = ["", *every]
+    longer = [*short, *(a + b for a in one for b in one)]
+    for left in every:
+        for right in every:
+            if not chunking._SAFE_PAIR.fullmatch(left + right):
+                continue
+            for context in longer if left in one and right in one else short:
+                text = context + left + right
+                ends = {match.end() for match in regex.finditer(r"\X", text)}
+                assert len(text) - 1 in ends, f"{text!r}: no boundary before {right!r}"
+
+
+def test_plain_pairs__cover_the_common_scripts():
+    # The fast path only helps if ordinary neighbours count as plain boundaries.
+    for pair in [
+        "\u0301a",
+        "a\u0915",
+        "\u093f ",
+        "\U0001f466\U0001f468",
+        "\u11a8\u1100",
+        "\u0301\n",
+    ]:
+        assert chunking._SAFE_PAIR.fullmatch(pair), pair
+    for pair in ["a\u0301", "\u200d\U0001f468", "\u094d\u0915", "\U0001f1fa\U0001f1f8", "\r\n"]:
+        assert not chunking._SAFE_PAIR.fullmatch(pair), pair
+
+
+def test_fast_checks__character_tables_match_the_regular_expressions():
+    everything = EVERYTHING
+    # _WS_CHARS lists every character _WS matches; none lies above U+3000.
+    assert set(_WS_CHARS) == set(regex.findall(chunking._WS, everything))
+    # An ASCII character after anything below U+0600 is a boundary: no Prepend lies there.
+    assert regex.search(r"\p{GCB=Prepend}", everything[:0x600]) is None
+    assert not regex.search(r"[\p{ExtPict}\p{InCB=Consonant}\p{GCB=Extend}]", everything[:0x80])
+
+
+def test_split__keeps_a_linker_and_the_consonant_after_it_whole():
+    # `regex` joins U+1CF5 (GCB=Other, InCB=Linker) to a following consonant: a pair test by
+    # GCB classes alone took that for a boundary and cut inside the cluster.
+    text = "xxxx\u1cf5\u0915yyyy"
+    assert split_text(text, 5) == [(0, 4), (4, 9), (9, 10)]

@@ -8,14 +8,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from flask import Blueprint, current_app, request
+from flask import Blueprint, Response, current_app, request
 from sqlalchemy import Engine
 
 from schema import queue
 from schema.chunking import split_text
 from schema.db import bound, deadline_s, watchdog
 from schema.errors import InvalidRequest, JobNotFound
-from schema.reads import job_report
+from schema.reads import report_json
 from web.problems import ValidationFailed
 from web.validation import parse_submission
 
@@ -92,26 +92,50 @@ def submit() -> tuple[dict[str, Any], int, dict[str, str]]:
 
 
 @bp.get("/<job_id>")
-def status(job_id: str) -> dict[str, Any]:
-    """Report a job's progress, every failed attempt, and its result once terminal."""
+def status(job_id: str) -> Response:
+    """Report a job's progress, every failed attempt, and its result once terminal.
+
+    ``?chunks=false`` leaves out ``analysis_result.chunks`` (one entry per chunk, megabytes
+    for a big job), for clients that only want progress and the summary.
+    """
     key = _parse_id(job_id)
+    chunks = _flag_arg("chunks", default=True)
     with _connection(write=False) as conn:
-        report = job_report(conn, key)
-    if report is None:
+        body = report_json(conn, key, chunks=chunks)
+    if body is None:
         raise JobNotFound(job_id)
-    return report
+    return Response(body, mimetype="application/json")
 
 
 @bp.post("/<job_id>/cancel")
-def cancel(job_id: str) -> dict[str, Any]:
-    """Cancel a job that has not finished; 409 if it already has."""
+def cancel(job_id: str) -> Response:
+    """Cancel a job that has not finished; 409 if it already has.
+
+    Answers with the job's report without ``analysis_result.chunks``, whatever the job's
+    size: Location points at the full report.
+    """
     key = _parse_id(job_id)
     merge = current_app.extensions["chunkq.merge"]()
     with _connection(write=True) as conn:
         queue.cancel(conn, key, merge)
-        report = job_report(conn, key)  # in the same transaction: what the cancel left
-    assert report is not None
-    return report
+        # In the same transaction: what the cancel left.
+        body = report_json(conn, key, chunks=False)
+    assert body is not None
+    return Response(body, mimetype="application/json", headers={"Location": f"/v1/analyze/{key}"})
+
+
+def _flag_arg(name: str, *, default: bool) -> bool:
+    """A true/false query parameter; anything else is a 400 problem naming it."""
+    value = request.args.get(name)
+    if value is None:
+        return default
+    if value.lower() in ("true", "1"):
+        return True
+    if value.lower() in ("false", "0"):
+        return False
+    raise ValidationFailed(
+        [InvalidRequest(name, f"must be true or false, got {value!r}", status=400)]
+    )
 
 
 def _parse_id(job_id: str) -> uuid.UUID:
