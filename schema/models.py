@@ -103,9 +103,9 @@ class Chunk(Base):
         {"postgresql_with": {"fillfactor": "80"}},
     )
 
-    job_id: Mapped[uuid.UUID] = mapped_column(
-        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
-    )
+    # A job's id; no foreign key: statement-level triggers (migration 0005) check that every
+    # chunk names a job and delete a job's chunks with it, without a check per COPYed row.
+    job_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     start_offset: Mapped[int] = mapped_column(Integer)
     end_offset: Mapped[int] = mapped_column(Integer)

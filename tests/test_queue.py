@@ -225,3 +225,25 @@ def test_claim__shared_cap_counts_running_chunks_of_every_worker(
         assert len(queue.claim(other, "B", 8, lease_s=30, now=at(1), cap=3)) == 1
     with other.transaction():
         assert len(queue.claim(other, "B", 8, lease_s=30, now=at(1), cap=None)) == 8 - 2
+
+
+def test_integrity__a_chunk_must_name_a_job_and_deleting_a_job_deletes_its_chunks(
+    db: psycopg.Connection[Any],
+) -> None:
+    with pytest.raises(psycopg.errors.ForeignKeyViolation), db.transaction():
+        db.execute(
+            "INSERT INTO chunks (job_id, seq, start_offset, end_offset, text)"
+            " VALUES (%s, 0, 0, 1, 'x')",
+            (queue.uuid.uuid4(),),
+        )
+    job_id = submit(db, "one. two. three.", 5)
+    [chunk, *_] = claim(db, "W", limit=3)
+    record(db, "W", [Failure(chunk, "E", "boom", retry_in=None)])
+    with pytest.raises(psycopg.errors.ForeignKeyViolation), db.transaction():
+        db.execute("UPDATE chunks SET job_id = %s WHERE job_id = %s", (queue.uuid.uuid4(), job_id))
+    with db.transaction():
+        db.execute("DELETE FROM jobs WHERE id = %s", (job_id,))
+    left = db.execute(
+        "SELECT (SELECT count(*) FROM chunks), (SELECT count(*) FROM chunk_attempts)"
+    ).fetchone()
+    assert left == (0, 0)
