@@ -960,14 +960,24 @@ def test_shared_cap__three_worker_processes_never_exceed_three_requests_at_once(
         for i in range(3)
     ]
     try:
-        # Every worker listening before the job arrives: otherwise the first one up takes the
-        # whole cap and, re-claiming each slot it frees, can drain the job alone.
+        # Every worker listening before the job arrives, so each hears of it.
         listening = """SELECT count(*) FROM pg_stat_activity
                        WHERE datname = current_database() AND query ILIKE 'LISTEN %%'"""
         wait_for(lambda: db.execute(listening).fetchone()[0] >= 3, 30, "3 workers to LISTEN")  # type: ignore[index]
+        # The server holds every call until the cap is full. Two slots each are not enough
+        # to fill it, and a worker whose calls are held cannot free a slot, so a second
+        # process must take the third one: the cap is filled across processes however the
+        # workers are scheduled (without the hold, one that ran alone for long enough could
+        # drain the job by itself and "3 at once" would never be reached).
+        mock_openai.pause()
         job_id = submit(db, text, 60)
         total = job_row(db, job_id)["chunks_total"]
         assert total >= 30
+        assert mock_openai.wait_for(lambda m: m.in_flight == 3, timeout=30), "cap never filled"
+        owners_at_cap = db.execute(
+            "SELECT count(DISTINCT worker_id) FROM chunks WHERE status = 'running'"
+        ).fetchone()[0]  # type: ignore[index]
+        mock_openai.resume()
         wait_for(
             lambda: job_row(db, job_id)["status"] == "COMPLETED",
             60,
@@ -981,8 +991,7 @@ def test_shared_cap__three_worker_processes_never_exceed_three_requests_at_once(
     paths = [r.path for r in mock_openai.requests]
     assert (paths.count("/v1/models"), paths.count("/v1/chat/completions")) == (3, total)
     assert mock_openai.max_in_flight == 3
-    owners = db.execute("SELECT count(DISTINCT worker_id) FROM chunks").fetchone()[0]  # type: ignore[index]
-    assert owners >= 2
+    assert owners_at_cap >= 2
 
 
 # --- the attempt's deadline ---------------------------------------------------------------
