@@ -220,18 +220,36 @@ def test_submit_wait__a_failed_chunk_keeps_its_place_and_exits_3(
     assert "".join(text[c["start"] : c["end"]] for c in chunks) == text
 
 
+@contextmanager
+def sigint_for_children(handler: Any) -> Iterator[None]:
+    """Set our SIGINT handler while children are started, so they inherit a known
+    disposition: SIG_IGN stays ignored across exec, a handled signal becomes SIG_DFL."""
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.slow
-def test_submit_wait__ctrl_c_exits_130_and_names_the_job(api: str) -> None:
+@pytest.mark.parametrize(
+    "inherited",
+    # A terminal's SIG_DFL, and the SIG_IGN that CI runners and `cmd &` in scripts leave.
+    [signal.default_int_handler, signal.SIG_IGN],
+    ids=["sigint-default", "sigint-ignored"],
+)
+def test_submit_wait__ctrl_c_exits_130_and_names_the_job(api: str, inherited: Any) -> None:
     # No worker: the job stays PENDING, so the client is certainly still waiting.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "web.cli", "submit", "-", "--wait", "--url", api],
-        cwd=ROOT,
-        env=cli_env(),
-        stdin=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    with sigint_for_children(inherited):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "web.cli", "submit", "-", "--wait", "--url", api],
+            cwd=ROOT,
+            env=cli_env(),
+            stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
     try:
         assert proc.stdin is not None and proc.stderr is not None
         proc.stdin.write("waiting for nobody")
