@@ -9,9 +9,9 @@ import json
 import random
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from email.utils import format_datetime
 from itertools import pairwise
 from pathlib import Path
@@ -80,10 +80,13 @@ def failure(provider: OpenAIProvider, text: str = TEXT) -> ProviderError:
     return info.value
 
 
-def free_port() -> int:
+@contextmanager
+def refusing_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound (so nobody else can take it while the
+    test runs) but never listening."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        yield int(sock.getsockname()[1])
 
 
 # --- requests and good replies ------------------------------------------------------------
@@ -502,17 +505,17 @@ def test_openai__unreadable_retry_after_is_ignored(
 
 
 def test_openai__connection_refused_is_provider_unavailable() -> None:
-    with OpenAIProvider(f"http://127.0.0.1:{free_port()}/v1", None, "m") as provider:
-        error = failure(provider)
+    with refusing_port() as port, OpenAIProvider(f"http://127.0.0.1:{port}/v1", None, "m") as p:
+        error = failure(p)
     assert type(error) is ProviderUnavailable and "ConnectError" in str(error)
 
 
 def test_openai__read_timeout_is_retryable_but_not_unavailable(mock_openai: MockOpenAI) -> None:
     mock_openai.latency_s = 30.0  # cut short when the mock closes
+    # No wall-clock bound: without the read timeout the call would get its reply after 30 s
+    # and raise nothing, and only the read timeout raises ReadTimeout.
     with OpenAIProvider(mock_openai.base_url, None, "m", timeout_read=0.2) as provider:
-        started = time.monotonic()
         error = failure(provider)
-    assert time.monotonic() - started < 5
     assert type(error) is RetryableError and "ReadTimeout" in str(error)
 
 
@@ -1013,12 +1016,13 @@ def test_openai__a_trickling_reply_is_cut_off_at_the_call_deadline(
         except BaseException as exc:
             outcome.append(exc)
 
-    started = time.monotonic()
+    # The whole reply would take ~100 s: ending within the join's 10 s, with AttemptTimeout
+    # (raised only once the deadline has passed), is the deadline cutting it off. How close
+    # to the deadline it ends is the benchmarks' business, not a wall-clock assertion here.
     thread = threading.Thread(target=call, daemon=True)
     thread.start()
     thread.join(10)
     assert not thread.is_alive(), "the call outlived its deadline"
-    assert time.monotonic() - started < 1.0 + 1.0
     [error] = outcome
     assert type(error) is AttemptTimeout and "CHUNKQ_ATTEMPT_TIMEOUT_S=1" in str(error)
     assert mock_openai.wait_for(lambda m: m.finished == 1, timeout=5)  # the client hung up
