@@ -314,8 +314,11 @@ def drain(stream: Any, sink: Callable[[str], None]) -> None:
 
 
 @contextmanager
-def chunkq_up(env: dict[str, str], *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """Start ``chunkq up --port 0`` and yield it with its base URL once it says it is up."""
+def chunkq_up(
+    env: dict[str, str], *args: str
+) -> Iterator[tuple[subprocess.Popen[str], str, list[str]]]:
+    """Start ``chunkq up --port 0`` and yield it with its base URL once it says it is up, and
+    the lines of its stderr (all of them once the block has ended)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "web.cli", "up", "--port", "0", *args],
         cwd=ROOT,
@@ -344,7 +347,7 @@ def chunkq_up(env: dict[str, str], *args: str) -> Iterator[tuple[subprocess.Pope
             if match := re.search(r"chunkq is up: (http://\S+)", line):
                 break
         known = children(proc)
-        yield proc, match.group(1)
+        yield proc, match.group(1), log
     finally:
         stop_tree(proc, also=known)
         out.join(5)
@@ -374,7 +377,7 @@ def test_up__serves_restarts_a_dead_child_and_stops_everything_on_sigterm(
     database_url: str,
 ) -> None:
     env = cli_env(DATABASE_URL=database_url, CHUNKQ_PROVIDER="simulated")
-    with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, base):
+    with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, base, log):
         seen = children(up)
         assert kinds(seen) == {"gunicorn", "workerd"}
         assert submit_and_finish(base, TEXT)["status"] == "COMPLETED"
@@ -386,17 +389,18 @@ def test_up__serves_restarts_a_dead_child_and_stops_everything_on_sigterm(
         wait_for(lambda: healthy(base), 60, "the restarted API")
         seen += children(up)
 
-        started = time.monotonic()
         up.send_signal(signal.SIGTERM)
         assert up.wait(60) == 0
-        assert time.monotonic() - started < 30
         assert alive(seen) == []
+    # Every child stopped on its SIGTERM, none had to be killed when the stop timed out.
+    assert "did not stop in time" not in "".join(log), "".join(log)
+    assert "stopping" in "".join(log)
 
 
 @pytest.mark.slow
 def test_up__children_exit_when_the_supervisor_is_killed(database_url: str) -> None:
     env = cli_env(DATABASE_URL=database_url, CHUNKQ_PROVIDER="simulated")
-    with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, _base):
+    with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, _base, _log):
         seen = children(up)
         up.kill()  # no chance to clean up: the children must notice on their own
         up.wait()
@@ -429,7 +433,7 @@ def test_up__embedded_database_stops_on_sigint_and_keeps_data_for_the_next_run()
     datadir = (home / "pgdata").resolve()
     env = cli_env(CHUNKQ_HOME=str(home), CHUNKQ_PROVIDER="simulated")
     try:
-        with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, base):
+        with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, base, _log):
             assert postgres_serving(datadir), "no embedded postgres serving the data dir"
             report = submit_and_finish(base, TEXT)
             assert report["status"] == "COMPLETED"
@@ -439,7 +443,7 @@ def test_up__embedded_database_stops_on_sigint_and_keeps_data_for_the_next_run()
         assert alive(seen) == []
         assert postgres_serving(datadir) == []
 
-        with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, base):
+        with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, base, _log):
             again = httpx.get(f"{base}/v1/analyze/{report['job_id']}", timeout=5)
             assert again.status_code == 200
             assert again.json()["analysis_result"] == report["analysis_result"]
