@@ -18,6 +18,17 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@contextmanager
+def holding(port: int) -> Iterator[None]:
+    """Keep a loopback port that a server just left bound (not listening, so connections are
+    still refused) until the block ends, so nobody else takes it before the server returns."""
+    with socket.socket() as sock:
+        # As servers do, so the connections the old one just closed (TIME_WAIT) don't block us.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        yield
+
+
 def wait_for(
     predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02
 ) -> Any:

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from tests.conftest import PgServer
-from tests.processes import gunicorn, start_worker, stop, wait_for
+from tests.processes import gunicorn, holding, start_worker, stop, wait_for
 from tests.support import assert_invariants, chunk_rows, job_row, submit
 
 pytestmark = pytest.mark.slow
@@ -157,22 +157,26 @@ def test_database_restart__jobs_complete_and_api_answers_503_meanwhile(
             ).json()
             with psycopg.connect(database_url, autocommit=True) as db:
                 wait_for(lambda: running_owners(db), 20, "workers to start on the job")
+            port = int(database_url.rsplit(":", 1)[1].split("/")[0])
             pg_server.embedded.stop()
+            # Held through the outage: the server must come back on its port (every URL of
+            # this session names it), and it would move off it if another process took it.
             try:
-                during = http.get(f"/v1/analyze/{first['job_id']}")
-                assert during.status_code == 503
-                assert during.headers["Content-Type"] == "application/problem+json"
-                assert int(during.headers["Retry-After"]) > 0
-                refused = http.post("/v1/analyze", json={"raw_text": "x", "max_chunk_chars": 5})
-                assert refused.status_code == 503
-                # Keep the outage until every worker has seen its LISTEN connection drop.
-                logs = [tmp_path / f"w{i}.log" for i in range(2)]
-                wait_for(
-                    lambda: all("LISTEN connection lost" in log.read_text() for log in logs),
-                    20,
-                    "both workers to notice the outage",
-                    interval=0.05,
-                )
+                with holding(port):
+                    during = http.get(f"/v1/analyze/{first['job_id']}")
+                    assert during.status_code == 503
+                    assert during.headers["Content-Type"] == "application/problem+json"
+                    assert int(during.headers["Retry-After"]) > 0
+                    refused = http.post("/v1/analyze", json={"raw_text": "x", "max_chunk_chars": 5})
+                    assert refused.status_code == 503
+                    # Keep the outage until every worker has seen its LISTEN connection drop.
+                    logs = [tmp_path / f"w{i}.log" for i in range(2)]
+                    wait_for(
+                        lambda: all("LISTEN connection lost" in log.read_text() for log in logs),
+                        20,
+                        "both workers to notice the outage",
+                        interval=0.05,
+                    )
             finally:
                 pg_server.embedded.start()
             second = http.post(
