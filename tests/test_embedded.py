@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -34,15 +37,28 @@ CHILD = (
 )
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    """One cluster for the module (initdb takes about a second); stopped even on failure."""
-    pg = EmbeddedPostgres(tmp_path_factory.mktemp("embedded") / "pgdata", settings=FAST)
-    pg.start()
+@contextmanager
+def server_home(prefix: str) -> Iterator[Path]:
+    """A directory for a server's data outside pytest's temp root: when we are root the
+    server runs as another user, and any pytest session that starts meanwhile (a parallel
+    run on the same machine) makes that root 0700 again, locking the server out mid-start."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        yield pg
+        yield home
     finally:
-        pg.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[EmbeddedPostgres]:
+    """One cluster for the module (initdb takes about a second); stopped even on failure."""
+    with server_home("chunkq-embedded-") as home:
+        pg = EmbeddedPostgres(home / "pgdata", settings=FAST)
+        pg.start()
+        try:
+            yield pg
+        finally:
+            pg.stop()
 
 
 @pytest.fixture
@@ -197,10 +213,13 @@ def test_embedded__without_wheel_raises_unavailable(
     assert not (tmp_path / "pgdata").exists()
 
 
-def test_embedded__ensure_embedded_from_two_processes_shares_one_server(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:
-    home = tmp_path_factory.mktemp("home")
+@pytest.fixture
+def home() -> Iterator[Path]:
+    with server_home("chunkq-embedded-home-") as path:
+        yield path
+
+
+def test_embedded__ensure_embedded_from_two_processes_shares_one_server(home: Path) -> None:
     children = [
         subprocess.Popen(
             [sys.executable, "-c", CHILD, str(home)],
