@@ -72,7 +72,9 @@ def test_sigkill_mid_chunk__another_worker_finishes_and_nothing_is_duplicated(
         "8",
         log=tmp_path / "rescuer.log",
         CHUNKQ_SIM_LATENCY_MS="10",
-        **env,
+        # The doomed chunks carry the dead worker's 2 s leases; the rescuer's own are long,
+        # so a stall of it on a loaded machine cannot expire them and count a third attempt.
+        **{**env, "CHUNKQ_LEASE_S": "30"},
     )
     try:
         row = wait_for(lambda: terminal(db, job_id), 30, "the job to finish")
