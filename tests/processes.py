@@ -18,10 +18,15 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
+@contextmanager
+def holding(port: int) -> Iterator[None]:
+    """Keep a loopback port that a server just left bound (not listening, so connections are
+    still refused) until the block ends, so nobody else takes it before the server returns."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        # As servers do, so the connections the old one just closed (TIME_WAIT) don't block us.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        yield
 
 
 def wait_for(
@@ -67,15 +72,19 @@ def start_worker(
 
 @contextmanager
 def gunicorn(database_url: str, *, workers: int = 2, **env: str) -> Iterator[str]:
-    """Serve ``web:create_app()`` on a free loopback port; yields the base URL."""
-    port = free_port()
+    """Serve ``web:create_app()`` on a free loopback port; yields the base URL.
+
+    The socket is bound here and handed to gunicorn, so no other process can take the port
+    between choosing it and listening on it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "gunicorn",
             "--bind",
-            f"127.0.0.1:{port}",
+            f"fd://{listener.fileno()}",
             "--workers",
             str(workers),
             "--log-level",
@@ -84,6 +93,7 @@ def gunicorn(database_url: str, *, workers: int = 2, **env: str) -> Iterator[str
         ],
         cwd=ROOT,
         env=environment(database_url, **env),
+        pass_fds=(listener.fileno(),),
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -99,6 +109,7 @@ def gunicorn(database_url: str, *, workers: int = 2, **env: str) -> Iterator[str
         yield base
     finally:
         stop(proc)
+        listener.close()
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> int:

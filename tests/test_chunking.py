@@ -1,7 +1,6 @@
-"""Tests for the chunker: tiling, boundary preference, grapheme clusters, offsets, speed."""
+"""Tests for the chunker: tiling, boundary preference, grapheme clusters, offsets, linear work."""
 
 import random
-import time
 from bisect import bisect_right
 from itertools import pairwise
 
@@ -351,12 +350,39 @@ def test_split__characters_below_u0300_always_break_between_each_other():
     ],
     ids=["no-boundaries", "newlines", "crlf", "spaces", "dots", "one-huge-cluster"],
 )
-def test_split__is_linear_on_pathological_text(text):
-    # Quadratic work on a million characters would take minutes; linear takes well under 1 s.
-    began = time.perf_counter()
-    spans = split_text(text, 1000)
-    assert time.perf_counter() - began < 2.0
+def test_split__is_linear_on_pathological_text(text, monkeypatch):
+    # Linear, counted rather than timed: every regex scan covers at
+    # most one window of max_chars (+1 for the character after it), and each chunk costs a
+    # bounded number of them, so the work is O(len(text)) whatever the text. A scan from the
+    # text's start, an unbounded one, or a per-chunk loop over earlier boundaries fails here
+    # on any machine, however fast.
+    from schema import chunking
+
+    scans: list[tuple[str, int, int | None]] = []
+
+    class Counted:
+        def __init__(self, name, pattern):
+            self.name, self.pattern = name, pattern
+
+        def __getattr__(self, method):
+            def call(string, *bounds):
+                scans.append((self.name, *bounds, None)[:3])
+                return getattr(self.pattern, method)(string, *bounds)
+
+            return call
+
+    for name, value in vars(chunking).items():
+        if isinstance(value, regex.Pattern):
+            monkeypatch.setattr(chunking, name, Counted(name, value))
+    max_chars = 1000
+    spans = split_text(text, max_chars)
     assert spans[-1][1] == len(text)
+    assert scans, "the counting did not see the chunker's scans"
+    unbounded = {name for name, _pos, end in scans if end is None}
+    assert unbounded <= {"_SAFE_PAIR"}  # the two-character check around one offset
+    widest = max(end - pos for _name, pos, end in scans if end is not None)
+    assert widest <= max_chars + 1
+    assert len(scans) <= 12 * len(spans)
 
 
 # The fast path: cluster boundaries are worked out only around candidate cuts, from the last

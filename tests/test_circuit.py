@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 
 from schema import outages
 from tests.mock_openai import MockOpenAI
-from tests.processes import wait_for
+from tests.processes import holding, wait_for
 from tests.support import assert_invariants, chunk_rows, job_row, submit
 from tests.test_deadlines import make_worker, running
 from workerd.providers import OpenAIProvider
@@ -78,18 +78,20 @@ def test_provider_outage__pauses_the_queue_and_the_job_completes_with_nothing_fa
         with running(workers[0]), running(workers[1]):
             wait_for(lambda: job_row(db, job_id)["chunks_completed"] >= 5, 20, "some progress")
             mock.close()  # the provider goes away mid-job
-            print("AT CLOSE", job_row(db, job_id)["chunks_completed"], total)
-            wait_for(lambda: outages.current(db, providers[0].endpoint), 10, "the circuit to open")
-            outage_s = 6.0
-            deadline = time.monotonic() + outage_s
-            before = sum(steps)
-            while time.monotonic() < deadline:  # the outage itself: nothing may fail
-                assert job_row(db, job_id)["chunks_failed"] == 0
-                time.sleep(0.2)
-            # While the circuit holds the due work, workers sleep until the next probe rather
-            # than spin on it (a spin starves a model server on the same machine).
-            # Each worker polls every 0.1 s here (poll_interval_s), plus a wake per probe.
-            assert sum(steps) - before < 2 * outage_s * 15
+            with holding(port):  # refusing connections, and ours to come back on
+                wait_for(
+                    lambda: outages.current(db, providers[0].endpoint), 10, "the circuit to open"
+                )
+                outage_s = 6.0
+                deadline = time.monotonic() + outage_s
+                before = sum(steps)
+                while time.monotonic() < deadline:  # the outage itself: nothing may fail
+                    assert job_row(db, job_id)["chunks_failed"] == 0
+                    time.sleep(0.2)
+                # While the circuit holds the due work, workers sleep until the next probe
+                # rather than spin on it (a spin starves a model server on the same machine).
+                # Each worker polls every 0.1 s here (poll_interval_s), plus a wake per probe.
+                assert sum(steps) - before < 2 * outage_s * 15
             mock = MockOpenAI(port=port, latency_s=0.05).start()  # back on the same port
             wait_for(lambda: job_row(db, job_id)["status"] == "COMPLETED", 30, "the job")
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -11,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -37,28 +37,28 @@ CHILD = (
 )
 
 
+@contextmanager
+def server_home(prefix: str) -> Iterator[Path]:
+    """A directory for a server's data outside pytest's temp root: when we are root the
+    server runs as another user, and any pytest session that starts meanwhile (a parallel
+    run on the same machine) makes that root 0700 again, locking the server out mid-start."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[EmbeddedPostgres]:
     """One cluster for the module (initdb takes about a second); stopped even on failure."""
-    with server_home() as home:
+    with server_home("chunkq-embedded-") as home:
         pg = EmbeddedPostgres(home / "pgdata", settings=FAST)
         pg.start()
         try:
             yield pg
         finally:
             pg.stop()
-
-
-@contextlib.contextmanager
-def server_home() -> Iterator[Path]:
-    """A directory for a cluster, removed afterwards. Not under pytest's temp root: a pytest
-    session starting meanwhile (another checkout's) resets that to 0700, which locks out the
-    server when it runs as the pgserver user (we are root)."""
-    home = Path(tempfile.mkdtemp(prefix="chunkq-embedded-"))
-    try:
-        yield home
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture
@@ -213,12 +213,13 @@ def test_embedded__without_wheel_raises_unavailable(
     assert not (tmp_path / "pgdata").exists()
 
 
-def test_embedded__ensure_embedded_from_two_processes_shares_one_server() -> None:
-    with server_home() as home:
-        ensure_embedded_from_two_processes(home)
+@pytest.fixture
+def home() -> Iterator[Path]:
+    with server_home("chunkq-embedded-home-") as path:
+        yield path
 
 
-def ensure_embedded_from_two_processes(home: Path) -> None:
+def test_embedded__ensure_embedded_from_two_processes_shares_one_server(home: Path) -> None:
     children = [
         subprocess.Popen(
             [sys.executable, "-c", CHILD, str(home)],

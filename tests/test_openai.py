@@ -9,9 +9,9 @@ import json
 import random
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from email.utils import format_datetime
 from itertools import pairwise
 from pathlib import Path
@@ -80,10 +80,13 @@ def failure(provider: OpenAIProvider, text: str = TEXT) -> ProviderError:
     return info.value
 
 
-def free_port() -> int:
+@contextmanager
+def refusing_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound (so nobody else can take it while the
+    test runs) but never listening."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        yield int(sock.getsockname()[1])
 
 
 # --- requests and good replies ------------------------------------------------------------
@@ -502,17 +505,17 @@ def test_openai__unreadable_retry_after_is_ignored(
 
 
 def test_openai__connection_refused_is_provider_unavailable() -> None:
-    with OpenAIProvider(f"http://127.0.0.1:{free_port()}/v1", None, "m") as provider:
-        error = failure(provider)
+    with refusing_port() as port, OpenAIProvider(f"http://127.0.0.1:{port}/v1", None, "m") as p:
+        error = failure(p)
     assert type(error) is ProviderUnavailable and "ConnectError" in str(error)
 
 
 def test_openai__read_timeout_is_retryable_but_not_unavailable(mock_openai: MockOpenAI) -> None:
     mock_openai.latency_s = 30.0  # cut short when the mock closes
+    # No wall-clock bound: without the read timeout the call would get its reply after 30 s
+    # and raise nothing, and only the read timeout raises ReadTimeout.
     with OpenAIProvider(mock_openai.base_url, None, "m", timeout_read=0.2) as provider:
-        started = time.monotonic()
         error = failure(provider)
-    assert time.monotonic() - started < 5
     assert type(error) is RetryableError and "ReadTimeout" in str(error)
 
 
@@ -960,14 +963,24 @@ def test_shared_cap__three_worker_processes_never_exceed_three_requests_at_once(
         for i in range(3)
     ]
     try:
-        # Every worker listening before the job arrives: otherwise the first one up takes the
-        # whole cap and, re-claiming each slot it frees, can drain the job alone.
+        # Every worker listening before the job arrives, so each hears of it.
         listening = """SELECT count(*) FROM pg_stat_activity
                        WHERE datname = current_database() AND query ILIKE 'LISTEN %%'"""
         wait_for(lambda: db.execute(listening).fetchone()[0] >= 3, 30, "3 workers to LISTEN")  # type: ignore[index]
+        # The server holds every call until the cap is full. Two slots each are not enough
+        # to fill it, and a worker whose calls are held cannot free a slot, so a second
+        # process must take the third one: the cap is filled across processes however the
+        # workers are scheduled (without the hold, one that ran alone for long enough could
+        # drain the job by itself and "3 at once" would never be reached).
+        mock_openai.pause()
         job_id = submit(db, text, 60)
         total = job_row(db, job_id)["chunks_total"]
         assert total >= 30
+        assert mock_openai.wait_for(lambda m: m.in_flight == 3, timeout=30), "cap never filled"
+        owners_at_cap = db.execute(
+            "SELECT count(DISTINCT worker_id) FROM chunks WHERE status = 'running'"
+        ).fetchone()[0]  # type: ignore[index]
+        mock_openai.resume()
         wait_for(
             lambda: job_row(db, job_id)["status"] == "COMPLETED",
             60,
@@ -981,8 +994,7 @@ def test_shared_cap__three_worker_processes_never_exceed_three_requests_at_once(
     paths = [r.path for r in mock_openai.requests]
     assert (paths.count("/v1/models"), paths.count("/v1/chat/completions")) == (3, total)
     assert mock_openai.max_in_flight == 3
-    owners = db.execute("SELECT count(DISTINCT worker_id) FROM chunks").fetchone()[0]  # type: ignore[index]
-    assert owners >= 2
+    assert owners_at_cap >= 2
 
 
 # --- the attempt's deadline ---------------------------------------------------------------
@@ -1004,12 +1016,13 @@ def test_openai__a_trickling_reply_is_cut_off_at_the_call_deadline(
         except BaseException as exc:
             outcome.append(exc)
 
-    started = time.monotonic()
+    # The whole reply would take ~100 s: ending within the join's 10 s, with AttemptTimeout
+    # (raised only once the deadline has passed), is the deadline cutting it off. How close
+    # to the deadline it ends is the benchmarks' business, not a wall-clock assertion here.
     thread = threading.Thread(target=call, daemon=True)
     thread.start()
     thread.join(10)
     assert not thread.is_alive(), "the call outlived its deadline"
-    assert time.monotonic() - started < 1.0 + 1.0
     [error] = outcome
     assert type(error) is AttemptTimeout and "CHUNKQ_ATTEMPT_TIMEOUT_S=1" in str(error)
     assert mock_openai.wait_for(lambda m: m.finished == 1, timeout=5)  # the client hung up

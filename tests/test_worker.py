@@ -222,29 +222,59 @@ def test_race__many_threads_drain_many_jobs_each_chunk_and_job_finished_once(
     assert_invariants(db)
 
 
-def test_submit__answers_within_100ms_while_workers_run_slow_chunks(
-    database_url: str, db: psycopg.Connection[Any], client: Any
+def test_submit__goes_through_while_every_worker_slot_is_stuck_in_a_provider_call(
+    database_url: str, db: psycopg.Connection[Any], app: Any
 ) -> None:
+    # The calls are held until the end of the test, so if a worker kept a transaction or a
+    # lock across a call, the submit would wait for it forever and the join below fail.
+    class Held(SimulatedProvider):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = threading.Event()
+            self.calls = 0
+
+        def analyze(self, text: str, call: Any = None) -> Any:
+            self.calls += 1
+            self.release.wait(60)
+            return super().analyze(text)
+
+    provider = Held()
     submit(db, "busy " * 200, 50)
-    slow = make_worker(database_url, SimulatedProvider(latency_ms=3000), concurrency=4)
+    slow = make_worker(database_url, provider, concurrency=4)
     thread = threading.Thread(target=slow.run, daemon=True)
     thread.start()
+    answers: list[Any] = []
     try:
         deadline = time.monotonic() + 10
-        while db.execute("SELECT count(*) FROM chunks WHERE status = 'running'").fetchone()[0] < 4:  # type: ignore[index]
-            assert time.monotonic() < deadline
+        while provider.calls < 4:
+            assert time.monotonic() < deadline, "the worker never filled its 4 slots"
             time.sleep(0.01)
-        client.post("/v1/analyze", json={"raw_text": "warm up", "max_chunk_chars": 100})
-        started = time.perf_counter()
-        response = client.post(
-            "/v1/analyze", json={"raw_text": "new work " * 500, "max_chunk_chars": 200}
+        poster = threading.Thread(
+            target=lambda: answers.append(
+                app.test_client().post(
+                    "/v1/analyze", json={"raw_text": "new work " * 500, "max_chunk_chars": 200}
+                )
+            ),
+            daemon=True,
         )
-        elapsed = time.perf_counter() - started
-        assert response.status_code == 202 and response.get_json()["job_id"]
-        assert elapsed < 0.1, f"submit took {elapsed * 1000:.1f} ms"
+        poster.start()
+        poster.join(30)
+        assert not poster.is_alive(), "the submit waited for the workers' provider calls"
+        assert provider.calls == 4 and not provider.release.is_set()  # still stuck meanwhile
+        [response] = answers
+        assert response.status_code == 202
+        job_id = response.get_json()["job_id"]
+        # Nothing slow in the request: the job and all its chunks in one transaction.
+        written = db.execute(
+            """SELECT count(*), count(DISTINCT c.xmin::text), bool_and(c.xmin = j.xmin)
+               FROM chunks c JOIN jobs j ON j.id = c.job_id WHERE c.job_id = %s""",
+            (job_id,),
+        ).fetchone()
+        assert written == (response.get_json()["chunks_total"], 1, True)
     finally:
         slow.settings = Settings(shutdown_grace_s=0)
         slow.stop()
+        provider.release.set()
         thread.join(timeout=10)
     assert not thread.is_alive()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -212,6 +213,11 @@ def _count(least: int) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     """The console script: parse, run one subcommand, return its exit code."""
+    # Ctrl-C is how `submit --wait` and `status --wait` are meant to end (exit 130), so the
+    # handler is ours to install: Python only sets up KeyboardInterrupt when SIGINT was not
+    # ignored at start, and a parent (a CI runner, `cmd &` in a script) may have ignored it.
+    # `up` installs its own handlers over this one.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = build_parser().parse_args(argv)
     return int(args.run(args))
 

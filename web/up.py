@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -165,11 +165,29 @@ class Supervisor:
         self.pass_fds = pass_fds
         self.children: list[Child] = []
         self.signals = 0  # SIGINT/SIGTERM/SIGHUP received: one stops gently, two force
-        self.wakeup = threading.Event()
+        # A signal cuts wait() short through this pipe. Not a threading.Event: the handler
+        # runs in the main thread between two bytecodes, maybe while that thread holds the
+        # Event's lock inside wait() or clear(), and setting it there would wait forever.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
 
     def on_signal(self, _signum: int, _frame: FrameType | None) -> None:
+        """The handler for SIGINT/SIGTERM/SIGHUP: takes no lock (see ``__init__``)."""
         self.signals += 1
-        self.wakeup.set()
+        with contextlib.suppress(BlockingIOError):  # a full pipe already wakes wait()
+            os.write(self._wake_w, b"\0")
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to ``seconds``; a signal (now or since the last wait) ends it at once."""
+        select.select([self._wake_r], [], [], seconds)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 4096):
+                pass
+
+    def close(self) -> None:
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     def spawn(self, child: Child) -> None:
         # Each child leads its own process group, so a terminal's Ctrl-C reaches only us and
@@ -213,8 +231,7 @@ class Supervisor:
         while any(proc.poll() is None for proc in live):
             if self.signals > seen or time.monotonic() > deadline:
                 break
-            self.wakeup.wait(0.1)
-            self.wakeup.clear()
+            self.wait(0.1)
         for proc in live:
             if proc.poll() is None:  # not yet reaped, so its pid is still its group's id
                 say(f"pid {proc.pid} did not stop in time; killing it")
@@ -266,8 +283,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"  submit a text: {hint}chunkq submit FILE --wait\n  stop: Ctrl-C", flush=True)
         while not sup.signals:
             sup.tick()
-            sup.wakeup.wait(0.25)
-            sup.wakeup.clear()
+            sup.wait(0.25)
         say("stopping")
         return 0
     except client.ClientError as exc:
@@ -283,6 +299,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             close_database(db)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        sup.close()
 
 
 def _gunicorn_argv(fd: int, workers: int) -> list[str]:
@@ -308,7 +325,7 @@ def _wait_ready(sup: Supervisor, gunicorn: Child, base: str) -> bool:
         if time.monotonic() > deadline:
             say(f"the API was not ready at {base}/readyz within {READY_TIMEOUT_S}s")
             return False
-        sup.wakeup.wait(0.1)
+        sup.wait(0.1)
     return False
 
 

@@ -28,6 +28,7 @@ from schema.errors import DatabaseUrlMissing  # noqa: E402
 from workerd.listen import listener  # noqa: E402
 from workerd.providers import provider_from_settings  # noqa: E402
 from workerd.settings import Settings  # noqa: E402
+from workerd.signals import stop_on_signals  # noqa: E402
 from workerd.worker import Worker  # noqa: E402
 
 
@@ -69,10 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency,
     )
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        worker.stop()
-
+    on_signal = stop_on_signals(worker)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if _early_signals:
