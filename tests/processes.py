@@ -18,6 +18,16 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def free_port() -> int:
+    """A loopback port free a moment ago, for a program that must bind it by number itself
+    (honcho's PORT, a server that exits before listening). Anything that can take a bound
+    socket gets one instead (``gunicorn`` below): between this choice and the program's
+    bind, another process may take the port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @contextmanager
 def holding(port: int) -> Iterator[None]:
     """Keep a loopback port that a server just left bound (not listening, so connections are

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -134,9 +135,15 @@ def test_gevent_worker__refuses_to_start_when_psycopg_was_imported_before_patchi
 def test_gevent_worker__sigterm_lets_a_request_in_flight_finish_then_exits(
     database_url: str, db: psycopg.Connection[Any]
 ) -> None:
-    port = free_port()
-    argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
-    master = subprocess.Popen([*argv, "web:create_app()"], cwd=ROOT, env=environment(database_url))
+    listener = socket.create_server(("127.0.0.1", 0))  # bound here: no one takes the port
+    port = listener.getsockname()[1]
+    argv = [sys.executable, "-m", "gunicorn", "--bind", f"fd://{listener.fileno()}"]
+    master = subprocess.Popen(
+        [*argv, "--workers", "1", "web:create_app()"],
+        cwd=ROOT,
+        env=environment(database_url),
+        pass_fds=(listener.fileno(),),
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: _healthy(base), 30, "gunicorn", interval=0.1)
@@ -159,6 +166,7 @@ def test_gevent_worker__sigterm_lets_a_request_in_flight_finish_then_exits(
         assert master.wait(10) == 0
     finally:
         stop(master)
+        listener.close()
 
 
 def _healthy(base: str) -> bool:
