@@ -129,7 +129,7 @@ def run(ctx: Context) -> list[Figure]:
                 if i >= WARMUP:
                     times[key].append(elapsed)
         select = _claim_select()
-        params = {"now": None, "limit": LIMIT}
+        params: dict[str, Any] = {"now": None, "limit": LIMIT, "skip": []}
         plans = {key: _explain(conn, select, params) for key, conn in conns.items()}
         full = {
             key: _explain(conn, queue._CLAIM, {**params, "me": "bench", "lease": 30})
