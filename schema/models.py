@@ -1,7 +1,7 @@
 """SQLAlchemy models of the three tables: jobs, their chunks, and every failed attempt.
 
 The models are the schema's source of truth for ``alembic check``; the hot paths in
-schema/queue.py use SQL over psycopg, not ORM objects.
+``schema.queue`` use SQL over psycopg, not ORM objects.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from schema import queue, reductions
+from schema import queue
 from schema.db import bound, connect, make_engine, session_timeouts
-from schema.queue import Success
+from schema.queue import Success, reductions
 from tests.processes import ROOT, start_worker, stop, wait_for
 from tests.support import assert_invariants, chunk_rows, job_row, submit
 from workerd.providers import BuiltinProvider, SimulatedProvider

@@ -7,9 +7,9 @@ from typing import Any
 
 import psycopg
 
-from schema import queue, reductions
+from schema import queue
 from schema.prune import prune
-from schema.queue import Success
+from schema.queue import Success, reductions
 from tests.support import submit
 
 

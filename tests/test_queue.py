@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any
 
 import psycopg
@@ -206,7 +207,7 @@ def test_cancel__cancels_pending_drops_late_result_and_conflicts_when_terminal(
     with db.transaction(), pytest.raises(JobConflict):
         queue.cancel(db, job_id, merge)
     with db.transaction(), pytest.raises(JobNotFound):
-        queue.cancel(db, queue.uuid.uuid4(), merge)
+        queue.cancel(db, uuid.uuid4(), merge)
     assert_invariants(db)
 
 
@@ -234,13 +235,13 @@ def test_integrity__a_chunk_must_name_a_job_and_deleting_a_job_deletes_its_chunk
         db.execute(
             "INSERT INTO chunks (job_id, seq, start_offset, end_offset, text)"
             " VALUES (%s, 0, 0, 1, 'x')",
-            (queue.uuid.uuid4(),),
+            (uuid.uuid4(),),
         )
     job_id = submit(db, "one. two. three.", 5)
     [chunk, *_] = claim(db, "W", limit=3)
     record(db, "W", [Failure(chunk, "E", "boom", retry_in=None)])
     with pytest.raises(psycopg.errors.ForeignKeyViolation), db.transaction():
-        db.execute("UPDATE chunks SET job_id = %s WHERE job_id = %s", (queue.uuid.uuid4(), job_id))
+        db.execute("UPDATE chunks SET job_id = %s WHERE job_id = %s", (uuid.uuid4(), job_id))
     with db.transaction():
         db.execute("DELETE FROM jobs WHERE id = %s", (job_id,))
     left = db.execute(

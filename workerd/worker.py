@@ -22,10 +22,10 @@ from typing import Any
 
 import psycopg
 
-from schema import queue, reductions
+from schema import queue
 from schema.db import bound, deadline_s, watchdog
-from schema.queue import ClaimedChunk, Failure, Success
-from schema.reductions import ClaimedReduction
+from schema.queue import ClaimedChunk, Failure, Success, reductions
+from schema.queue.reductions import ClaimedReduction
 from workerd.circuit import Circuit
 from workerd.pool import AttemptPool
 from workerd.providers import (

@@ -16,7 +16,8 @@ from typing import Any
 
 import psycopg
 
-from schema.queue import NOW, running_calls
+from schema.queue.claim import running_calls
+from schema.queue.sql import NOW
 
 
 @dataclass(frozen=True, slots=True)

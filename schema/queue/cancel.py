@@ -1,0 +1,73 @@
+"""Cancel: a job that is not finished stops, keeping what had already succeeded."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from schema.errors import JobConflict, JobNotFound
+from schema.queue.finalize import summary
+from schema.queue.outcomes import Merge
+from schema.queue.sql import CANCEL_NOTICE, NOTIFY_CHANNEL, NOW
+from schema.states import JobStatus
+
+_CANCEL = f"""
+WITH cancelled AS (
+    UPDATE chunks SET status = 'cancelled', finished_at = {NOW}, lease_expires_at = NULL
+    WHERE job_id = %(id)s AND status IN ('pending', 'running')
+    RETURNING seq, start_offset, end_offset, status, error, NULL::jsonb AS result
+), entries AS (
+    SELECT * FROM cancelled
+    UNION ALL
+    SELECT seq, start_offset, end_offset, status, error, result FROM chunks
+    WHERE job_id = %(id)s AND status NOT IN ('pending', 'running')
+)
+UPDATE jobs SET status = 'CANCELLED', finished_at = {NOW}, updated_at = {NOW},
+    analysis_result = jsonb_build_object(
+        'chunks', (SELECT coalesce(json_agg(
+                       json_build_object('index', seq, 'start', start_offset, 'end', end_offset,
+                                         'status', status,
+                                         CASE WHEN status = 'succeeded' THEN 'result'
+                                              ELSE 'error' END,
+                                         CASE WHEN status = 'succeeded' THEN result
+                                              ELSE to_jsonb(error) END)
+                       ORDER BY seq)::jsonb, '[]'::jsonb)
+                   FROM entries),
+        'summary', %(summary)s::jsonb)
+WHERE id = %(id)s
+RETURNING pg_notify('{NOTIFY_CHANNEL}', '{CANCEL_NOTICE}')
+"""
+
+
+def cancel(
+    conn: psycopg.Connection[Any],
+    job_id: uuid.UUID,
+    merge: Merge,
+    *,
+    now: datetime | None = None,
+) -> JobStatus:
+    """Cancel a job that is not finished: its pending and running chunks become cancelled,
+    and ``analysis_result`` keeps what had already succeeded.
+
+    The job row is locked first, as in ``record``, so the succeeded chunks the summary merges
+    stay as they are until commit. A running chunk's owner reports later through the fenced
+    writes, which no longer match (status is not running), so its late result is dropped.
+    The 'cancel' notice tells workers to check their leases at once, so this job's attempts
+    stop (and free their slots) rather than at the next heartbeat. Raises JobNotFound, or
+    JobConflict for a terminal job.
+    """
+    row = conn.execute(
+        "SELECT status FROM jobs WHERE id = %(id)s FOR UPDATE", {"id": job_id}
+    ).fetchone()
+    if row is None:
+        raise JobNotFound(str(job_id))
+    if JobStatus(row[0]).terminal:
+        raise JobConflict(f"job {job_id} is already {row[0]}")
+    text = summary(conn, job_id, merge)
+    # The 100,000 entries are sorted by seq in memory rather than in temporary files.
+    conn.execute("SET LOCAL work_mem = '64MB'")
+    conn.execute(_CANCEL, {"id": job_id, "now": now, "summary": text})
+    return JobStatus.CANCELLED

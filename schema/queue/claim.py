@@ -1,0 +1,165 @@
+"""The lease: claim due chunks (SKIP LOCKED), extend it while working, hand it back on
+shutdown; and the count of running provider calls that a capped claim reads."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from schema.queue.outcomes import ClaimedChunk
+from schema.queue.sql import CAP_LOCK_KEY, NOTIFY_CHANNEL, NOW, key_columns
+
+_CLAIM = f"""
+WITH picked AS (
+    SELECT job_id, seq FROM chunks
+    WHERE status = 'pending' AND next_attempt_at <= {NOW}
+      AND NOT job_id = ANY(%(skip)s::uuid[])
+    ORDER BY next_attempt_at, job_id, seq
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE chunks c
+    SET status = 'running', attempts = c.attempts + 1, worker_id = %(me)s,
+        lease_expires_at = {NOW} + make_interval(secs => %(lease)s), finished_at = NULL
+    FROM picked
+    WHERE c.job_id = picked.job_id AND c.seq = picked.seq
+    RETURNING c.job_id, c.seq, c.attempts, c.start_offset, c.end_offset, c.text, c.parts
+), started AS (
+    -- SKIP LOCKED: a job row locked by another claimer is being moved on by it already.
+    UPDATE jobs SET status = 'PROCESSING', updated_at = {NOW}
+    WHERE id IN (SELECT id FROM jobs WHERE id IN (SELECT job_id FROM claimed)
+                 AND status = 'PENDING' FOR UPDATE SKIP LOCKED)
+)
+SELECT job_id, seq, attempts, start_offset, end_offset, text, parts FROM claimed
+ORDER BY job_id, seq
+"""
+
+
+def claim(
+    conn: psycopg.Connection[Any],
+    worker_id: str,
+    limit: int,
+    *,
+    lease_s: float,
+    now: datetime | None = None,
+    cap: int | None = None,
+    skip_jobs: Iterable[uuid.UUID] = (),
+) -> list[ClaimedChunk]:
+    """Take up to ``limit`` due pending chunks: running, one more attempt, leased to us.
+
+    FOR UPDATE SKIP LOCKED lets any number of workers claim at once without waiting on
+    each other or taking the same row; the partial index keeps it an index scan however
+    many finished rows the table holds. The job moves PENDING -> PROCESSING in the same
+    statement, so a client never sees a running chunk under a PENDING job.
+
+    ``cap`` bounds the provider calls running across every worker, chunks and reductions
+    (CHUNKQ_PROVIDER_CONCURRENCY); see ``running_calls``. ``skip_jobs`` are jobs whose row
+    the caller found held elsewhere: their chunks could not be recorded now either.
+    """
+    if cap is not None:
+        limit = min(limit, cap - running_calls(conn))
+    if limit <= 0:
+        return []
+    rows = conn.execute(
+        _CLAIM,
+        {
+            "limit": limit,
+            "me": worker_id,
+            "lease": lease_s,
+            "now": now,
+            "skip": list(skip_jobs),
+        },
+    ).fetchall()
+    return [ClaimedChunk(*row) for row in rows]
+
+
+def running_calls(conn: psycopg.Connection[Any]) -> int:
+    """Provider calls running across the fleet (chunks and reductions), for a capped claim.
+
+    Takes a transaction-scoped advisory lock first, so the count each capped claimer reads
+    stays true until it commits: no two workers can both fill the last free slot.
+    """
+    conn.execute("SELECT pg_advisory_xact_lock(%(key)s)", {"key": CAP_LOCK_KEY})
+    # A running chunk with finished_at set has had its answer (its recording waits on a job
+    # row held elsewhere, see ``record``): it holds no provider call.
+    row = conn.execute(
+        """SELECT (SELECT count(*) FROM chunks WHERE status = 'running' AND finished_at IS NULL)
+                + (SELECT count(*) FROM reductions WHERE status = 'running')"""
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def heartbeat(
+    conn: psycopg.Connection[Any],
+    worker_id: str,
+    chunks: Iterable[ClaimedChunk],
+    *,
+    lease_s: float,
+    now: datetime | None = None,
+) -> set[tuple[uuid.UUID, int]]:
+    """Extend the lease of the chunks we still own; returns the keys of those we still own.
+
+    Fenced on owner and attempt, so a lease that was already lost (the job cancelled, the
+    chunk rescued) is not revived: the caller aborts the attempts missing from the answer.
+    """
+    job_ids, seqs, attempts = key_columns(chunks)
+    if not job_ids:
+        return set()
+    rows = conn.execute(
+        f"""UPDATE chunks c SET lease_expires_at = {NOW} + make_interval(secs => %(lease)s)
+            FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[], %(attempts)b::int[])
+                 AS i(job_id, seq, attempt)
+            WHERE c.job_id = i.job_id AND c.seq = i.seq AND c.attempts = i.attempt
+              AND c.status = 'running' AND c.worker_id = %(me)s
+            RETURNING c.job_id, c.seq""",
+        {
+            "lease": lease_s,
+            "job_ids": job_ids,
+            "seqs": seqs,
+            "attempts": attempts,
+            "me": worker_id,
+            "now": now,
+        },
+    ).fetchall()
+    return {(job_id, seq) for job_id, seq in rows}
+
+
+def release(
+    conn: psycopg.Connection[Any],
+    worker_id: str,
+    chunks: Iterable[ClaimedChunk],
+    *,
+    now: datetime | None = None,
+) -> int:
+    """Hand chunks back on shutdown: pending again, due now, and the attempt not counted.
+
+    Fenced like a completion, so a chunk whose lease was already lost is left alone.
+    """
+    job_ids, seqs, attempts = key_columns(chunks)
+    if not job_ids:
+        return 0
+    cur = conn.execute(
+        f"""UPDATE chunks c
+            SET status = 'pending', attempts = c.attempts - 1, worker_id = NULL,
+                lease_expires_at = NULL, next_attempt_at = {NOW}
+            FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[], %(attempts)b::int[])
+                 AS i(job_id, seq, attempt)
+            WHERE c.job_id = i.job_id AND c.seq = i.seq AND c.attempts = i.attempt
+              AND c.status = 'running' AND c.worker_id = %(me)s""",
+        {"job_ids": job_ids, "seqs": seqs, "attempts": attempts, "me": worker_id, "now": now},
+    )
+    if cur.rowcount:
+        conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+    return cur.rowcount
+
+
+def next_due(conn: psycopg.Connection[Any]) -> datetime | None:
+    """When the earliest pending chunk becomes due (an index lookup), for an idle worker's sleep."""
+    row = conn.execute(
+        "SELECT min(next_attempt_at) FROM chunks WHERE status = 'pending'"
+    ).fetchone()
+    return row[0] if row else None

@@ -1,0 +1,141 @@
+"""Finalize: the one transaction that moves a job whose chunks are all final to COMPLETED,
+PARTIAL_SUCCESS or FAILED, with its chunk results merged in order."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from schema.queue import reductions
+from schema.queue.outcomes import Merge
+from schema.queue.sql import NOW, jsonb_text
+from schema.states import JobStatus
+
+log = logging.getLogger("chunkq.queue")
+
+
+def finalize(
+    conn: psycopg.Connection[Any],
+    job_id: uuid.UUID,
+    merge: Merge,
+    *,
+    now: datetime | None = None,
+    reduces: bool = True,
+) -> JobStatus | None:
+    """Merge a job's chunk results in order and move it to its terminal status.
+
+    Locks the job row (FOR UPDATE) and acts only if every chunk is final and the job is not
+    terminal yet, so however many transactions race here, exactly one finalizes. Returns
+    the new status, or None when there was nothing to do. A job that asked for the reduce
+    step gets it queued here, unless the provider has none (``reduces``). A merge that
+    fails ends the job all the same (see ``summary``).
+    """
+    row = conn.execute(
+        "SELECT status, chunks_total, chunks_completed, chunks_failed, options FROM jobs"
+        " WHERE id = %(id)s FOR UPDATE",
+        {"id": job_id},
+    ).fetchone()
+    if row is None:
+        return None
+    status, total, completed, failed, options = row
+    if JobStatus(status).terminal or completed + failed < total:
+        return None
+    if failed == 0:
+        new_status = JobStatus.COMPLETED
+    elif completed == 0:
+        new_status = JobStatus.FAILED
+    else:
+        new_status = JobStatus.PARTIAL_SUCCESS
+    extra: dict[str, Any] = {}
+    if options.get("reduce"):
+        if not reduces:
+            extra["reduce"] = {"status": "skipped", "reason": "the provider has no reduce step"}
+        elif completed:
+            extra["reduce"] = reductions.schedule(conn, job_id, now=now)
+        else:
+            extra["reduce"] = {"status": "skipped", "reason": "no chunk succeeded"}
+    conn.execute(
+        f"""UPDATE jobs SET status = %(status)s, analysis_result = {_MERGED} || %(extra)s::jsonb,
+                            finished_at = {NOW}, updated_at = {NOW}
+            WHERE id = %(id)s""",
+        {
+            "status": new_status.value,
+            "summary": summary(conn, job_id, merge),
+            "extra": json.dumps(extra),
+            "id": job_id,
+            "now": now,
+        },
+    )
+    return new_status
+
+
+# A job's ``analysis_result``, built by the server from the job's own rows (primary-key
+# range): one entry per chunk in ``seq`` order, and the provider's summary passed in.
+_MERGED = """jsonb_build_object(
+    'chunks', (SELECT coalesce(jsonb_agg(
+                   jsonb_build_object('index', seq, 'start', start_offset, 'end', end_offset,
+                                      'status', status)
+                   || CASE WHEN status = 'succeeded' THEN jsonb_build_object('result', result)
+                           ELSE jsonb_build_object('error', error) END
+                   ORDER BY seq), '[]'::jsonb)
+               FROM chunks WHERE job_id = %(id)s),
+    'summary', %(summary)s::jsonb)"""
+
+
+def summary(conn: psycopg.Connection[Any], job_id: uuid.UUID, merge: Merge) -> str:
+    """The document-level merge of a job's succeeded chunks, as jsonb text.
+
+    Each result is merged by the provider that produced it: when a job's results come from
+    several providers (the fleet changed provider mid-job), each provider merges its own
+    and the summary lists them, ``{"providers": [{"provider", "chunks", "summary"}, ...]}``
+    in order of first appearance. A merge that raises, or returns what jsonb cannot hold,
+    does not stop the job: the summary becomes ``{"error": ...}`` saying why, and every
+    chunk's own result stays in ``analysis_result.chunks``.
+    """
+    # One JSON document parsed once: a big job's 50,000 results cost one json.loads
+    # instead of a row conversion each (about ten times faster).
+    row = conn.execute(
+        """SELECT coalesce(json_agg(json_build_array(end_offset - start_offset, result,
+                                                     provider) ORDER BY seq), '[]')::text
+           FROM chunks WHERE job_id = %(id)s AND status = 'succeeded'""",
+        {"id": job_id},
+    ).fetchone()
+    rows = json.loads(row[0] if row else "[]")
+    named = {provider for _, _, provider in rows if provider is not None}
+    # Results recorded before providers were named belong to the job's only named provider.
+    sole = next(iter(named)) if len(named) == 1 else None
+    groups: dict[str | None, list[tuple[int, dict[str, Any]]]] = {}
+    for length, result, provider in rows:
+        groups.setdefault(provider or sole, []).append((length, result))
+    try:
+        if len(groups) <= 1:
+            provider, results = next(iter(groups.items()), (None, []))
+            return jsonb_text(merge(provider)(results))
+        return jsonb_text(
+            {
+                "providers": [
+                    {"provider": name, "chunks": len(results), "summary": merge(name)(results)}
+                    for name, results in groups.items()
+                ]
+            }
+        )
+    except Exception as exc:
+        log.warning("merging the results of job %s failed: %r", job_id, exc)
+        return jsonb_text(
+            {
+                "error": f"the merge of the chunk results failed ({type(exc).__name__}: {exc});"
+                " each chunk's result is kept in analysis_result.chunks"
+            }
+        )
+
+
+# Cancel a job in one statement: its pending and running chunks become cancelled, and its
+# analysis_result is built from the rows as they now are, the cancelled ones taken from the
+# UPDATE's RETURNING and the rest from the statement's snapshot, so each chunk row is read
+# once. The document is _MERGED's, built as json text and cast once (jsonb's builders cost
+# about a fifth more on 100,000 entries). Safe under concurrency because the caller holds

@@ -1,0 +1,51 @@
+"""The queue's shared SQL vocabulary: the wake-up channel, the advisory-lock keys, the
+``now`` parameter, and the serialisation every write of a result uses."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from schema.queue.outcomes import ClaimedChunk
+
+NOTIFY_CHANNEL = "chunkq_work"
+# The payload that says a job was cancelled: workers check their leases at once.
+CANCEL_NOTICE = "cancel"
+# pg_advisory_xact_lock key serialising capped claims (an arbitrary constant: "chunkq").
+CAP_LOCK_KEY = 0x6368756E6B71
+# pg_try_advisory_xact_lock key: one rescuer at a time across the fleet ("chunkqr").
+RESCUE_LOCK_KEY = 0x6368756E6B7172
+
+# `now` as a parameter, or the database's clock when the caller passes None.
+NOW = "COALESCE(%(now)s::timestamptz, now())"
+
+
+def jsonb_text(value: Any) -> str:
+    """``value`` as JSON text that jsonb accepts, or ValueError: no NaN or infinity, no NUL
+    character (U+0000), which PostgreSQL text cannot hold."""
+    text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    if _NUL.search(text):
+        raise ValueError("a NUL character (U+0000) cannot be stored")
+    return text
+
+
+# json.dumps writes NUL as \u0000; an even run of backslashes before it is escaped text.
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def key_columns(
+    chunks: Iterable[ClaimedChunk],
+) -> tuple[list[uuid.UUID], list[int], list[int]]:
+    """The (job_id, seq, attempt) of ``chunks`` as three arrays, for a fenced ``unnest``."""
+    job_ids: list[uuid.UUID] = []
+    seqs: list[int] = []
+    attempts: list[int] = []
+    for chunk in chunks:
+        job_ids.append(chunk.job_id)
+        seqs.append(chunk.seq)
+        attempts.append(chunk.attempt)
+    return job_ids, seqs, attempts
