@@ -76,7 +76,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 
 def _merge(provider: str) -> Any:
-    """Each provider's merge by name, for summaries written by the web app (cancellation)."""
-    from workerd.providers import make_provider, merge_by_name
+    """Each provider's merge by name, for summaries written by the web app (cancellation):
+    results recorded without a provider's name are merged as ``provider``'s."""
+    from schema import merging
 
-    return merge_by_name(make_provider(provider))
+    return merging.by_name(provider)

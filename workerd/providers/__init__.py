@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from schema import merging
+from schema.queue import Merge
 from workerd.providers.base import (
     AttemptAborted,
     AttemptTimeout,
@@ -76,24 +77,10 @@ def make_provider(name: str, **options: Any) -> Provider:
     return factory(**options)
 
 
-def merge_by_name(
-    default: Provider,
-) -> Callable[[str | None], Callable[[list[tuple[int, dict[str, Any]]]], dict[str, Any]]]:
+def merge_by_name(default: Provider) -> Merge:
     """Each provider's merge by name (what ``schema.queue`` takes): ``default``'s own for its
-    name and for results recorded without one, any other provider's built on first use.
-    An unknown name raises ValueError, which the job's summary reports."""
-    merges = {default.name: default.summarize}
-    lock = threading.Lock()
-
-    def merge(name: str | None) -> Callable[[list[tuple[int, dict[str, Any]]]], dict[str, Any]]:
-        if name is None:
-            return default.summarize
-        with lock:
-            if name not in merges:
-                merges[name] = make_provider(name).summarize
-            return merges[name]
-
-    return merge
+    name and for results recorded without one, any other provider's from ``schema.merging``."""
+    return merging.by_name(default.name, default.summarize)
 
 
 def provider_from_settings(settings: Settings) -> Provider:

@@ -22,11 +22,8 @@ from typing import Any
 import yake
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+from schema.merging import MAX_KEYWORDS, SENTIMENT_KEYS, rounded, summarize_builtin
 from workerd.providers.base import Call
-
-MAX_KEYWORDS = 10
-_DIGITS = 4
-_SENTIMENT_KEYS = ("compound", "pos", "neu", "neg")
 
 # A word is a run of letters/digits, allowing inner apostrophes (' and \u2019) and hyphens
 # ("don't", "e-mail") and a decimal point or comma between digits ("3.14", "1,000");
@@ -36,11 +33,6 @@ _WORD = re.compile(r"\w+(?:(?:['\u2019-]|(?<=\d)[.,](?=\d))\w+)*")
 # the end; requiring the whitespace keeps "3.14" and "U.S.A" whole. A heuristic: "Mr. X"
 # counts as two sentences.
 _SENTENCE_END = re.compile(r"[.!?…]+['\"\u2019\u201d)\]]*(?=\s|$)")
-
-
-def _r(value: float) -> float:
-    # yake returns numpy floats; float() keeps results plain JSON numbers.
-    return float(round(value, _DIGITS))
 
 
 def count_words(text: str) -> int:
@@ -75,7 +67,7 @@ class BuiltinProvider:
                 "chars": len(text),
                 "words": 0,
                 "sentences": 0,
-                "sentiment": dict.fromkeys(_SENTIMENT_KEYS, 0.0),
+                "sentiment": dict.fromkeys(SENTIMENT_KEYS, 0.0),
                 "keywords": [],
             }
         scores = self._vader.polarity_scores(text)
@@ -84,69 +76,14 @@ class BuiltinProvider:
             "chars": len(text),
             "words": count_words(text),
             "sentences": count_sentences(text),
-            "sentiment": {key: _r(scores[key]) for key in _SENTIMENT_KEYS},
+            "sentiment": {key: rounded(scores[key]) for key in SENTIMENT_KEYS},
             # yake: lower score = more relevant; the list comes sorted best first.
             "keywords": [
-                {"keyword": keyword, "score": _r(score)}
+                {"keyword": keyword, "score": rounded(score)}
                 for keyword, score in extractor.extract_keywords(text)
             ],
         }
 
     def summarize(self, results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
         """Totals, length-weighted mean sentiment and merged top keywords of a document."""
-        return {
-            "chunks": len(results),
-            "chars": sum(result["chars"] for _, result in results),
-            "words": sum(result["words"] for _, result in results),
-            "sentences": sum(result["sentences"] for _, result in results),
-            "sentiment": _mean_sentiment(results),
-            "keywords": _merge_keywords(results),
-        }
-
-
-def _mean_sentiment(results: list[tuple[int, dict[str, Any]]]) -> dict[str, float] | None:
-    """Each sentiment field averaged over chunks, weighted by chunk length; None if no words.
-
-    Chunks without words are left out: their all-zero scores (even ``neu``) are not a
-    measurement, and counting them would pull every mean towards 0.
-    """
-    scored = [(length, result["sentiment"]) for length, result in results if result["words"]]
-    total = sum(length for length, _ in scored)
-    if total <= 0:
-        return None
-    return {
-        key: _r(sum(length * sentiment[key] for length, sentiment in scored) / total)
-        for key in _SENTIMENT_KEYS
-    }
-
-
-def _merge_keywords(results: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The document's top keywords, merged case-insensitively across chunks.
-
-    A keyword's relevance in a chunk is ``1 / (1 + yake score)`` (in (0, 1], higher is
-    better); its document relevance is the length-weighted mean of that over all chunks,
-    counting 0 where it is absent. So a keyword that is strong in long chunks, or present
-    in many, ranks first. Ties break alphabetically so the order is deterministic; the
-    spelling shown is the first one met in document order.
-    """
-    total = sum(length for length, _ in results)
-    if total <= 0:
-        return []
-    weight: dict[str, float] = {}
-    spelling: dict[str, str] = {}
-    chunks: dict[str, int] = {}
-    for length, result in results:
-        # Within one chunk keep the best score per key, so case variants are not counted twice.
-        best: dict[str, float] = {}
-        for item in result["keywords"]:
-            key = " ".join(item["keyword"].casefold().split())
-            spelling.setdefault(key, item["keyword"])
-            best[key] = min(best.get(key, item["score"]), item["score"])
-        for key, score in best.items():
-            weight[key] = weight.get(key, 0.0) + length / (1.0 + score)
-            chunks[key] = chunks.get(key, 0) + 1
-    ranked = sorted(weight, key=lambda key: (-weight[key], key))[:MAX_KEYWORDS]
-    return [
-        {"keyword": spelling[key], "relevance": _r(weight[key] / total), "chunks": chunks[key]}
-        for key in ranked
-    ]
+        return summarize_builtin(results)

@@ -14,8 +14,8 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from schema.merging import usage_of
 from workerd.providers.base import ProviderUnavailable, RetryableError
-from workerd.providers.merging import usage_of
 from workerd.providers.replies import quote
 
 

@@ -22,11 +22,11 @@ from typing import Any
 import httpx
 
 from schema.chunking import split_text
+from schema.merging import combine, summarize_analyses, usage_of
 from workerd.providers.abortable import AbortableTransport, abort_thread, forget_thread
 from workerd.providers.base import Call, ContextOverflow, InvalidReply, ProviderError
 from workerd.providers.classify import FormatRejected, classify, transport_error
 from workerd.providers.completions import Completion, from_body, from_events
-from workerd.providers.merging import combine, summarize, usage_of
 from workerd.providers.prompts import DEFAULT_PROMPT, REDUCE_PROMPT, SYSTEM_PROMPT
 from workerd.providers.replies import ANALYSIS_SCHEMA, SCHEMA_NAME, BadReply, parse_reply, quote
 
@@ -281,7 +281,7 @@ class OpenAIProvider:
 
     def summarize(self, results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
         """Chunk count, length-weighted sentiment, first key points, token totals, summaries."""
-        return summarize(results)
+        return summarize_analyses(results)
 
     # -- one request ---------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ import math
 import re
 from typing import Any
 
-SENTIMENTS = ("positive", "negative", "neutral", "mixed")
+from schema.merging import SENTIMENTS
+
 # The score's steps. An enum, not a number with minimum/maximum: llama.cpp's grammar ignores
 # numeric bounds (a 135M model was seen to answer 2.098), but it holds a reply to an enum.
 SCORES = (-1, -0.75, -0.5, -0.25, 0, 0.25, 0.5, 0.75, 1)

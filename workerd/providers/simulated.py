@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from schema.merging import summarize_counts
 from workerd.providers.base import Call, RetryableError
 
 
@@ -72,11 +73,7 @@ class SimulatedProvider:
 
     def summarize(self, results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
         """Chunk count and total chars and words of the succeeded chunks."""
-        return {
-            "chunks": len(results),
-            "chars": sum(result["chars"] for _, result in results),
-            "words": sum(result["words"] for _, result in results),
-        }
+        return summarize_counts(results)
 
     def _wait(self, call: Call | None) -> None:
         """Take the call's latency; within a Call, its deadline or an abort cuts it short."""
