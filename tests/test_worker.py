@@ -310,7 +310,7 @@ def test_unstorable_result__fails_the_chunk_not_the_worker(
 
 def test_encode__accepts_a_literal_backslash_u0000_and_refuses_a_real_nul() -> None:
     from workerd.providers import PermanentError
-    from workerd.worker import encode
+    from workerd.attempts import encode
 
     assert encode({"text": "a \\u0000 b"}) == '{"text":"a \\\\u0000 b"}'
     for bad in ({"text": "a \x00 b"}, {"k\x00": 1}, {"text": "\\\x00"}):

@@ -9,91 +9,32 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import queue as queue_mod
 import random
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import psycopg
 
 from schema import queue
-from schema.db import bound, deadline_s, watchdog
 from schema.queue import ClaimedChunk, Failure, Success, reductions
 from schema.queue.reductions import ClaimedReduction
+from workerd.attempts import Attempts, Outcome, ReduceOutcome, key_of, label
 from workerd.circuit import Circuit
+from workerd.database import Database, DatabaseDown
 from workerd.pool import AttemptPool
-from workerd.providers import (
-    AttemptTimeout,
-    Call,
-    PermanentError,
-    Provider,
-    ProviderError,
-    can_reduce,
-    circuit_key,
-    merge_by_name,
-)
-from workerd.retry import retry_delay
+from workerd.providers import Call, Provider, can_reduce, circuit_key, merge_by_name
+from workerd.recorder import Recorder
 from workerd.settings import Settings
+from workerd.step import Step
 
 log = logging.getLogger("workerd")
 
 Clock = Callable[[], datetime | None]
-
-# How long finished attempts may wait for the rest of their batch before being written.
-BATCH_WINDOW_S = 0.005
-# How often outcomes deferred by a job row held elsewhere are tried again.
-DEFERRED_RETRY_S = 0.25
-
-
-@dataclass(frozen=True, slots=True)
-class ReduceOutcome:
-    """One attempt at a job's reduce step: a result, or an error with its retry decision."""
-
-    reduction: ClaimedReduction
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    retry_in: float | None = None
-    unavailable: bool = False
-
-
-Outcome = Success | Failure | ReduceOutcome
-
-
-class DatabaseDown(Exception):
-    """The database could not be reached this step; ``run`` backs off and tries again."""
-
-
-@dataclass(slots=True)
-class Step:
-    """What one ``run_once`` did."""
-
-    claimed: int = 0
-    recorded: int = 0
-    dropped: int = 0
-    rescued: int = 0
-    # Attempts given up here: past their deadline, or their lease lost (cancel, rescue).
-    timed_out: int = 0
-    aborted: int = 0
-    # Outcomes kept for a later write: another transaction holds their job's row.
-    deferred: int = 0
-    finalized: dict[uuid.UUID, str] = field(default_factory=dict)
-
-    @property
-    def busy(self) -> bool:
-        return bool(
-            self.claimed
-            or self.recorded
-            or self.dropped
-            or self.rescued
-            or self.timed_out
-            or self.deferred
-        )
 
 
 def make_worker_id() -> str:
@@ -122,11 +63,11 @@ class Worker:
         self.provider = provider
         self.concurrency = concurrency
         self.worker_id = worker_id or make_worker_id()
-        self._connect = connect
         self._clock = clock
         self._rng = rng or random.Random()
         self._monotonic = monotonic
-        self._conn: psycopg.Connection[Any] | None = None
+        self._db = Database(connect, lease_s=settings.lease_s)
+        self._attempts = Attempts(settings, provider, rng=self._rng, monotonic=monotonic)
         # Chunks we own, until their outcome is recorded (or handed back), and their calls.
         self._inflight: dict[tuple[uuid.UUID, int], ClaimedChunk] = {}
         self._reducing: dict[uuid.UUID, ClaimedReduction] = {}
@@ -141,16 +82,18 @@ class Worker:
             monotonic=monotonic,
             clock=clock,
         )
-        # Outcomes from attempt threads, and outcomes not yet written (kept through outages).
-        self._finished: queue_mod.SimpleQueue[Outcome] = queue_mod.SimpleQueue()
-        self._unrecorded: list[Outcome] = []
-        # Of those, the ones waiting on a job row held elsewhere: their calls are over, so
-        # they free their slots, and their jobs' other chunks are not claimed meanwhile.
-        self._deferred: set[Any] = set()
-        self._held: set[uuid.UUID] = set()
         self._reduces = can_reduce(provider)
-        self._deadline_s = deadline_s(settings.lease_s)
         self._merge = merge_by_name(provider)
+        self._recorder = Recorder(
+            self.worker_id,
+            self._db,
+            self._attempts,
+            self.circuit,
+            self._merge,
+            reduces=self._reduces,
+            clock=clock,
+            monotonic=monotonic,
+        )
         self._pool: AttemptPool[Outcome] | None = None
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -161,7 +104,6 @@ class Worker:
         self._next_heartbeat = 0.0
         self._next_rescue = 0.0
         self._capped = False
-        self._batch_opened: float | None = None
 
     # -- one step ------------------------------------------------------------------------
 
@@ -198,7 +140,7 @@ class Worker:
                 lease_s=self.settings.lease_s,
                 now=self._clock(),
                 cap=self.settings.provider_concurrency,
-                skip_jobs=self._held,
+                skip_jobs=self._recorder.held,
             )
 
         limit, claimed = self._transaction(take)
@@ -209,7 +151,7 @@ class Worker:
         self._capped = self.settings.provider_concurrency is not None and len(claimed) < limit
         for chunk in claimed:
             self._inflight[chunk.key] = chunk
-            call = self._calls[chunk.key] = self._new_call(chunk.parts)
+            call = self._calls[chunk.key] = self._attempts.new_call(chunk.parts)
             if probing:
                 self._probes.add(chunk.key)
                 self.circuit.probing += 1
@@ -229,7 +171,7 @@ class Worker:
             if reduction is not None:
                 step.claimed += 1
                 self._reducing[reduction.job_id] = reduction
-                call = self._calls[reduction.job_id] = self._new_call(None)
+                call = self._calls[reduction.job_id] = self._attempts.new_call(None)
                 if probing:
                     self._probes.add(reduction.job_id)
                     self.circuit.probing += 1
@@ -240,54 +182,29 @@ class Worker:
 
     def _free(self) -> int:
         """Slots free for new attempts: a deferred outcome's call is over and holds none."""
-        return self.concurrency - len(self._inflight) - len(self._reducing) + len(self._deferred)
-
-    def _new_call(self, parts: list[dict[str, Any]] | None) -> Call:
-        return Call(self.settings.attempt_timeout_s, parts=parts, monotonic=self._monotonic)
+        return (
+            self.concurrency
+            - len(self._inflight)
+            - len(self._reducing)
+            + len(self._recorder.deferred)
+        )
 
     def _start(self, attempt: Callable[[], Outcome]) -> None:
         """Run an attempt on the pool, or right here when there is no pool (tests)."""
         if self._pool is not None:
             self._pool.submit(attempt)
         else:
-            self._finished.put(attempt())
+            self._recorder.finished.put(attempt())
+
+    def attempt(self, chunk: ClaimedChunk, call: Call | None = None) -> Success | Failure:
+        """Run the provider on one chunk; never raises: every error becomes a Failure."""
+        return self._attempts.chunk(chunk, call)
 
     def attempt_reduce(
         self, reduction: ClaimedReduction, call: Call | None = None
     ) -> ReduceOutcome:
         """Run the provider's reduce step on a job's ordered analyses; never raises."""
-        call = call or self._new_call(None)
-        try:
-            result = self.provider.reduce(reduction.analyses, call)  # type: ignore[attr-defined]
-            encode(result)
-        except Exception as exc:
-            return ReduceOutcome(
-                reduction,
-                error=f"{type(exc).__name__}: {exc}",
-                retry_in=self._retry_in(reduction.attempt, exc),
-                unavailable=getattr(exc, "unavailable", False),
-            )
-        return ReduceOutcome(reduction, result=result)
-
-    def attempt(self, chunk: ClaimedChunk, call: Call | None = None) -> Success | Failure:
-        """Run the provider on one chunk; never raises: every error becomes a Failure."""
-        call = call or self._new_call(chunk.parts)
-        try:
-            result = self.provider.analyze(chunk.text, call)
-            encoded = encode(result)
-        except Exception as exc:
-            if not isinstance(exc, ProviderError):
-                log.warning("provider raised %s on chunk %s/%s", type(exc).__name__, *chunk.key)
-            return Failure(
-                chunk,
-                type(exc).__name__,
-                # PostgreSQL text cannot hold NUL; a server's error body may.
-                (str(exc) or type(exc).__name__).replace("\x00", "\\x00"),
-                self._retry_in(chunk.attempt, exc),
-                unavailable=getattr(exc, "unavailable", False),
-                parts=call.parts + call.finished if call.finished else None,
-            )
-        return Success(chunk, result, encoded)
+        return self._attempts.reduce(reduction, call)
 
     def _expire(self, step: Step) -> None:
         """Fail every attempt past its deadline now, as AttemptTimeout, and free its slot.
@@ -297,7 +214,7 @@ class Worker:
         it ever comes, is ignored here, and the fence would refuse it anyway.
         """
         now = self._monotonic()
-        answered = {self._key(o) for o in self._unrecorded}  # over already, awaiting a write
+        answered = {key_of(o) for o in self._recorder.unrecorded}  # over already, awaiting a write
         for key, call in list(self._calls.items()):
             if call.deadline > now or key in self._timed_out or key in answered:
                 continue
@@ -305,28 +222,10 @@ class Worker:
             call.abort("deadline")
             if self._pool is not None:
                 self._pool.replace_stuck()
-            timeout = AttemptTimeout(
-                f"attempt exceeded CHUNKQ_ATTEMPT_TIMEOUT_S={self.settings.attempt_timeout_s:g}"
-            )
-            outcome: Outcome
-            if isinstance(key, uuid.UUID):
-                reduction = self._reducing[key]
-                outcome = ReduceOutcome(
-                    reduction,
-                    error=f"AttemptTimeout: {timeout}",
-                    retry_in=self._retry_in(reduction.attempt, timeout),
-                )
-            else:
-                chunk = self._inflight[key]
-                outcome = Failure(
-                    chunk,
-                    "AttemptTimeout",
-                    str(timeout),
-                    self._retry_in(chunk.attempt, timeout),
-                    parts=call.parts + call.finished if call.finished else None,
-                )
-            log.warning("attempt at %s timed out; its slot is free again", _label(key))
-            self._unrecorded.append(outcome)
+            claimed = self._reducing[key] if isinstance(key, uuid.UUID) else self._inflight[key]
+            outcome = self._attempts.timed_out(claimed, call)
+            log.warning("attempt at %s timed out; its slot is free again", label(key))
+            self._recorder.unrecorded.append(outcome)
             step.timed_out += 1
 
     def _current(self, outcome: Outcome) -> bool:
@@ -339,175 +238,16 @@ class Worker:
             ours = self._inflight.get(key) is outcome.chunk
         return ours and key not in self._timed_out
 
-    def _retry_in(self, attempt: int, exc: Exception) -> float | None:
-        """Seconds until the next attempt after ``exc``, or None to fail now. An error that
-        is not a ProviderError is unknown and may be transient: retried, within limits."""
-        retryable = exc.retryable if isinstance(exc, ProviderError) else True
-        hint = exc.retry_after if isinstance(exc, ProviderError) else None
-        s = self.settings
-        return retry_delay(
-            attempt,
-            retryable=retryable,
-            max_attempts=s.max_attempts,
-            base_s=s.backoff_base_s,
-            max_s=s.backoff_max_s,
-            rng=self._rng,
-            hint_s=hint,
-            hint_max_s=s.retry_after_max_s,
-        )
-
     def _record(self, step: Step, *, force: bool = False) -> None:
-        while True:
-            try:
-                finished = self._finished.get_nowait()
-            except queue_mod.Empty:
-                break
-            if self._current(finished):
-                self._unrecorded.append(finished)
-                if isinstance(finished, Success) or (
-                    isinstance(finished, ReduceOutcome) and finished.error is None
-                ):
-                    self.circuit.observe(answered=True)
-                elif finished.unavailable:
-                    self.circuit.observe(answered=False)
-        if not self._unrecorded:
-            return
-        # Group commit: while attempts of this batch are still running, give them a few
-        # milliseconds to finish, so fast providers cost one transaction per batch rather
-        # than one per chunk. Slow providers barely notice: the window is tiny beside them.
-        now = self._monotonic()
-        if self._batch_opened is None:
-            self._batch_opened = now
-        running = len(self._inflight) + len(self._reducing) - len(self._unrecorded)
-        if not force and running > 0 and now - self._batch_opened < BATCH_WINDOW_S:
-            return
-        self._batch_opened = None
-        outcomes = self._unrecorded
-        try:
-            recorded, waiting = self._write(outcomes)
-        except DatabaseDown:
-            raise  # kept in _unrecorded, written when the database is back
-        except Exception:
-            # One bad outcome must not hold the others: write them one by one.
-            log.exception("recording %d outcomes failed; recording them one by one", len(outcomes))
-            recorded, waiting = self._write_each(outcomes)
-        # Written, refused by the fence, or waiting on a job row held elsewhere (kept).
-        deferred = set(recorded.deferred) | {o.reduction.job_id for o in waiting}
-        self._unrecorded = [o for o in outcomes if self._key(o) in deferred]
-        self._deferred = deferred
-        held = {k[0] for k in recorded.deferred} | {o.reduction.job_id for o in waiting}
-        if held - self._held:
-            log.warning(
-                "job rows held by another transaction: %s; their outcomes wait, the other"
-                " jobs go on",
-                ", ".join(str(j) for j in sorted(held - self._held)),
-            )
-        self._held = held
-        for outcome in outcomes:
-            key = self._key(outcome)
-            if key not in deferred:
-                if isinstance(outcome, ReduceOutcome):
-                    step.recorded += 1
-                self._forget(key)
-        for key in recorded.dropped:
-            log.warning("lease lost before recording chunk %s/%s; result dropped", *key)
-        step.recorded += recorded.applied
-        step.dropped += len(recorded.dropped)
-        step.deferred += len(deferred)
-        step.finalized.update({k: v.value for k, v in recorded.finalized.items()})
-        for job_id, status in recorded.finalized.items():
-            log.info("job %s finalized: %s", job_id, status.value)
-
-    def _write(self, outcomes: list[Outcome]) -> tuple[queue.Recorded, list[ReduceOutcome]]:
-        """Write outcomes in one transaction. Returns what ``queue.record`` did and the
-        reduce outcomes left for later because another transaction holds their job's row."""
-        batch = [o for o in outcomes if not isinstance(o, ReduceOutcome)]
-        reduced = [o for o in outcomes if isinstance(o, ReduceOutcome)]
-
-        def write(conn: psycopg.Connection[Any]) -> tuple[queue.Recorded, list[ReduceOutcome]]:
-            held = queue.held_jobs(conn, {o.reduction.job_id for o in reduced})
-            for outcome in reduced:
-                if outcome.reduction.job_id in held:
-                    continue
-                counted = self.circuit.settle_reduce(
-                    conn, outcome.unavailable, probe=outcome.reduction.job_id in self._probes
-                )
-                if not reductions.finish(
-                    conn,
-                    self.worker_id,
-                    outcome.reduction,
-                    result=outcome.result,
-                    error=outcome.error,
-                    retry_in=outcome.retry_in if counted else 0.0,
-                    counted=counted,
-                    now=self._clock(),
-                ):
-                    log.warning(
-                        "lease lost before recording reduce of job %s", outcome.reduction.job_id
-                    )
-            recorded = queue.record(
-                conn,
-                self.worker_id,
-                self.circuit.settle(conn, batch, self._probes),
-                self._merge,
-                provider=self.provider.name,
-                now=self._clock(),
-                notify=self.settings.provider_concurrency is not None,
-                reduces=self._reduces,
-            )
-            return recorded, [o for o in reduced if o.reduction.job_id in held]
-
-        return self._transaction(write)
-
-    def _write_each(self, outcomes: list[Outcome]) -> tuple[queue.Recorded, list[ReduceOutcome]]:
-        """Write outcomes one transaction each, after their batch failed. An outcome that
-        cannot be written becomes a failure of its chunk or reduce saying why (the attempt
-        is over either way); if even that fails, it is given up here and its lease expires,
-        so the rescuer takes the chunk back."""
-        applied, dropped, deferred = 0, [], []
-        finalized: dict[uuid.UUID, Any] = {}
-        waiting: list[ReduceOutcome] = []
-        for outcome in outcomes:
-            try:
-                recorded, held = self._write([outcome])
-            except DatabaseDown:
-                raise
-            except Exception as exc:
-                log.warning("could not record %s: %r", _label(self._key(outcome)), exc)
-                try:
-                    recorded, held = self._write([self._unrecordable(outcome, exc)])
-                except DatabaseDown:
-                    raise
-                except Exception:
-                    log.exception(
-                        "could not record the failure of %s either; it is given up here",
-                        _label(self._key(outcome)),
-                    )
-                    continue
-            applied += recorded.applied
-            dropped += recorded.dropped
-            deferred += recorded.deferred
-            finalized.update(recorded.finalized)
-            waiting += held
-        return queue.Recorded(applied, dropped, finalized, deferred), waiting
-
-    def _unrecordable(self, outcome: Outcome, exc: Exception) -> Outcome:
-        """The failure that replaces an outcome the database refused: counted, retried under
-        the usual policy, its message plain text."""
-        reason = (str(exc).strip().splitlines() or [""])[0]
-        detail = getattr(getattr(exc, "diag", None), "message_detail", None)
-        if detail:
-            reason = f"{reason} ({detail})"
-        reason = reason.replace("\x00", "\\x00")
-        error = f"the attempt's outcome could not be recorded: {type(exc).__name__}: {reason}"
-        if isinstance(outcome, ReduceOutcome):
-            return ReduceOutcome(
-                outcome.reduction,
-                error=error,
-                retry_in=self._retry_in(outcome.reduction.attempt, exc),
-            )
-        chunk = outcome.chunk
-        return Failure(chunk, "RecordFailed", error, self._retry_in(chunk.attempt, exc))
+        """Take the finished attempts still ours, and write them (see ``Recorder.flush``)."""
+        self._recorder.collect(self._current)
+        self._recorder.flush(
+            step,
+            running=len(self._inflight) + len(self._reducing),
+            probes=self._probes,
+            forget=self._forget,
+            force=force,
+        )
 
     def _forget(self, key: Any) -> None:
         """Drop everything we hold for a chunk (by key) or a reduction (by job id)."""
@@ -535,7 +275,7 @@ class Worker:
             )
 
         owned, owned_reductions = self._transaction(beat)
-        pending = {self._key(o) for o in self._unrecorded}
+        pending = {key_of(o) for o in self._recorder.unrecorded}
         lost: list[Any] = [c.key for c in chunks if c.key not in owned]
         lost += [r.job_id for r in reducing if r.job_id not in owned_reductions]
         for key in lost:
@@ -548,13 +288,7 @@ class Worker:
                 self._pool.replace_stuck()
             self._forget(key)
             step.aborted += 1
-            log.warning("lease of %s lost (cancelled or rescued); attempt aborted", _label(key))
-
-    @staticmethod
-    def _key(outcome: Outcome) -> Any:
-        if isinstance(outcome, ReduceOutcome):
-            return outcome.reduction.job_id
-        return outcome.chunk.key
+            log.warning("lease of %s lost (cancelled or rescued); attempt aborted", label(key))
 
     def _rescue(self, step: Step) -> None:
         """Take back chunks of lost workers. A rescue that fails is logged and tried again at
@@ -609,62 +343,27 @@ class Worker:
 
     def idle(self) -> bool:
         """True when nothing is due now, nothing is running anywhere, and nothing is in flight."""
-        if self._inflight or self._reducing or self._unrecorded:
+        if self._inflight or self._reducing or self._recorder.unrecorded:
             return False
-        return bool(
-            self._transaction(
-                lambda conn: conn.execute(
-                    f"""SELECT NOT EXISTS (SELECT 1 FROM chunks WHERE status = 'running')
-                       AND NOT EXISTS (SELECT 1 FROM chunks WHERE status = 'pending'
-                                       AND next_attempt_at <= {queue.NOW})""",
-                    {"now": self._clock()},
-                ).fetchone()[0]  # type: ignore[index]
-            )
-        )
+        return bool(self._transaction(lambda conn: queue.drained(conn, now=self._clock())))
 
     def seconds_until_due(self) -> float | None:
         """Seconds until the earliest pending chunk is due (0 if overdue), None if none."""
-
-        def query(conn: psycopg.Connection[Any]) -> float | None:
-            row = conn.execute(
-                f"""SELECT extract(epoch FROM min(next_attempt_at) - {queue.NOW})
-                    FROM chunks WHERE status = 'pending'""",
-                {"now": self._clock()},
-            ).fetchone()
-            return None if row is None or row[0] is None else max(0.0, float(row[0]))
-
-        return self._transaction(query)
+        due: float | None = self._transaction(
+            lambda conn: queue.seconds_until_due(conn, now=self._clock())
+        )
+        return due
 
     # -- database access -----------------------------------------------------------------
 
     def _transaction(self, fn: Callable[[psycopg.Connection[Any]], Any]) -> Any:
         """Run ``fn`` in one transaction on our connection, reconnecting if it was lost."""
-        try:
-            if self._conn is None or self._conn.closed or self._conn.broken:
-                self._conn = self._connect()
-            # The session timeouts hold while the server runs; the watchdog when it hangs.
-            with watchdog.guard(self._conn, self._deadline_s), self._conn.transaction():
-                bound(self._conn, self.settings.lease_s)
-                return fn(self._conn)
-        # The server ending a session left idle in a transaction (this process was paused,
-        # see schema.db.session_timeouts) is a lost connection too, though psycopg files
-        # SQLSTATE 25P03 under InternalError.
-        except (
-            psycopg.OperationalError,
-            psycopg.InterfaceError,
-            psycopg.errors.IdleInTransactionSessionTimeout,
-        ) as exc:
-            if self._conn is not None and (self._conn.closed or self._conn.broken):
-                self._conn.close()
-                self._conn = None
-            raise DatabaseDown(str(exc).strip() or type(exc).__name__) from exc
+        return self._db.transaction(fn)
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.stop()
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._db.close()
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -688,8 +387,8 @@ class Worker:
                             len(self._inflight),
                             self.settings.shutdown_grace_s,
                         )
-                    busy = self._inflight or self._reducing or self._unrecorded
-                    if not busy and self._finished.empty():
+                    busy = self._inflight or self._reducing or self._recorder.unrecorded
+                    if not busy and self._recorder.finished.empty():
                         return 0
                     if self._monotonic() >= grace_deadline:
                         return self._give_up()
@@ -712,11 +411,11 @@ class Worker:
                     # re-queues them, attempt counted) and go on after a pause.
                     log.exception(
                         "unexpected error in the worker loop; dropping %d outcomes",
-                        len(self._unrecorded),
+                        len(self._recorder.unrecorded),
                     )
-                    for outcome in self._unrecorded:
-                        self._forget(self._key(outcome))
-                    self._unrecorded.clear()
+                    for outcome in self._recorder.unrecorded:
+                        self._forget(key_of(outcome))
+                    self._recorder.unrecorded.clear()
                     wait = 1.0
                 if wait > 0:
                     self.wake.wait(wait)
@@ -736,10 +435,7 @@ class Worker:
         wait = min(wait, max(0.0, self._next_rescue - now))
         if grace_deadline is not None:
             wait = min(wait, max(0.0, grace_deadline - now))
-        if self._batch_opened is not None:
-            wait = min(wait, max(0.0, self._batch_opened + BATCH_WINDOW_S - now))
-        if self._unrecorded:
-            wait = min(wait, DEFERRED_RETRY_S)  # waiting on a job row held elsewhere
+        wait = min(wait, self._recorder.wait_s(now))
         if self._capped:
             wait = min(wait, 1.0)
         elif self.circuit.open:
@@ -766,26 +462,10 @@ class Worker:
 
     def _done(self, outcome: Outcome) -> None:
         """An attempt thread's outcome: queued for recording, and the loop woken."""
-        self._finished.put(outcome)
+        self._recorder.finished.put(outcome)
         self.wake.set()
 
     def stop(self) -> None:
         """Stop claiming; ``run`` finishes in-flight chunks within the grace period."""
         self.stopping.set()
         self.wake.set()
-
-
-def _label(key: Any) -> str:
-    return f"reduce of job {key}" if isinstance(key, uuid.UUID) else f"chunk {key[0]}/{key[1]}"
-
-
-def encode(result: Any) -> str:
-    """Serialise a provider's result for the database, refusing what jsonb cannot hold: a
-    non-object, NaN or infinity, or a NUL character. A bad result is the provider's failure,
-    not a reason for the worker to fail writing a whole batch."""
-    if not isinstance(result, dict):
-        raise PermanentError(f"provider returned {type(result).__name__}, not a JSON object")
-    try:
-        return queue.jsonb_text(result)
-    except (TypeError, ValueError) as exc:
-        raise PermanentError(f"provider returned a result that jsonb cannot hold: {exc}") from exc

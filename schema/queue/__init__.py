@@ -1,7 +1,7 @@
 """Every statement that moves ``jobs.status`` or ``chunks.status``: the queue's one home.
 
 One module per transition: ``enqueue`` (a new job), ``claim`` (the lease: claim, heartbeat,
-release), ``record`` (an attempt's outcome), ``finalize`` (a job's terminal status and merged
+release, and what is due), ``record`` (an attempt's outcome), ``finalize`` (a job's terminal status and merged
 result), ``rescue`` (expired leases), ``cancel``, and ``reductions`` (the optional reduce step,
 a unit of work of its own). ``outcomes`` holds the values they exchange, ``sql`` the shared
 SQL vocabulary.
@@ -17,7 +17,15 @@ waiting on a pending chunk.
 """
 
 from schema.queue.cancel import cancel
-from schema.queue.claim import _CLAIM, claim, heartbeat, next_due, release, running_calls
+from schema.queue.claim import (
+    _CLAIM,
+    claim,
+    drained,
+    heartbeat,
+    release,
+    running_calls,
+    seconds_until_due,
+)
 from schema.queue.enqueue import enqueue
 from schema.queue.finalize import _MERGED, finalize, summary
 from schema.queue.outcomes import (
@@ -60,16 +68,17 @@ __all__ = [
     "Summarize",
     "cancel",
     "claim",
+    "drained",
     "enqueue",
     "finalize",
     "heartbeat",
     "held_jobs",
     "jsonb_text",
     "merge_with",
-    "next_due",
     "record",
     "release",
     "rescue",
     "running_calls",
+    "seconds_until_due",
     "summary",
 ]

@@ -157,9 +157,25 @@ def release(
     return cur.rowcount
 
 
-def next_due(conn: psycopg.Connection[Any]) -> datetime | None:
-    """When the earliest pending chunk becomes due (an index lookup), for an idle worker's sleep."""
+def seconds_until_due(
+    conn: psycopg.Connection[Any], *, now: datetime | None = None
+) -> float | None:
+    """Seconds until the earliest pending chunk is due (0 if overdue), None if none: how long
+    an idle worker may sleep. An index lookup (the claim's partial index)."""
     row = conn.execute(
-        "SELECT min(next_attempt_at) FROM chunks WHERE status = 'pending'"
+        f"""SELECT extract(epoch FROM min(next_attempt_at) - {NOW})
+            FROM chunks WHERE status = 'pending'""",
+        {"now": now},
     ).fetchone()
-    return row[0] if row else None
+    return None if row is None or row[0] is None else max(0.0, float(row[0]))
+
+
+def drained(conn: psycopg.Connection[Any], *, now: datetime | None = None) -> bool:
+    """Whether no chunk is running anywhere and none is due: a burst worker's cue to exit."""
+    row = conn.execute(
+        f"""SELECT NOT EXISTS (SELECT 1 FROM chunks WHERE status = 'running')
+               AND NOT EXISTS (SELECT 1 FROM chunks WHERE status = 'pending'
+                               AND next_attempt_at <= {NOW})""",
+        {"now": now},
+    ).fetchone()
+    return bool(row and row[0])
