@@ -19,6 +19,7 @@ from schema.db import connect
 from tests.mock_openai import MockOpenAI, Reply, analysis_reply, mock_openai_fixture  # noqa: F401
 from tests.processes import start_worker, stop, wait_for
 from tests.support import assert_invariants, chunk_rows, job_row, submit
+from workerd import loop
 from workerd.listen import listener
 from workerd.pool import AttemptPool
 from workerd.providers import Call, OpenAIProvider, SimulatedProvider
@@ -28,9 +29,9 @@ from workerd.worker import Worker
 
 @contextmanager
 def running(worker: Worker, *, listen: bool = False, url: str = "") -> Iterator[Worker]:
-    """``worker.run()`` in a thread, stopped and joined on exit."""
+    """``loop.run(worker)`` in a thread, stopped and joined on exit."""
     wake = listener(functools.partial(connect, url, autocommit=True)) if listen else None
-    thread = threading.Thread(target=worker.run, kwargs={"listen": wake}, daemon=True)
+    thread = threading.Thread(target=loop.run, args=(worker,), kwargs={"listen": wake}, daemon=True)
     thread.start()
     try:
         yield worker

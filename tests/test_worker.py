@@ -16,6 +16,7 @@ import pytest
 
 from schema.db import connect
 from tests.support import assert_invariants, chunk_rows, job_row, submit
+from workerd import loop
 from workerd.providers import RetryableError, SimulatedProvider
 from workerd.retry import backoff
 from workerd.settings import Settings
@@ -241,7 +242,7 @@ def test_submit__goes_through_while_every_worker_slot_is_stuck_in_a_provider_cal
     provider = Held()
     submit(db, "busy " * 200, 50)
     slow = make_worker(database_url, provider, concurrency=4)
-    thread = threading.Thread(target=slow.run, daemon=True)
+    thread = threading.Thread(target=loop.run, args=(slow,), daemon=True)
     thread.start()
     answers: list[Any] = []
     try:
@@ -309,8 +310,8 @@ def test_unstorable_result__fails_the_chunk_not_the_worker(
 
 
 def test_encode__accepts_a_literal_backslash_u0000_and_refuses_a_real_nul() -> None:
-    from workerd.providers import PermanentError
     from workerd.attempts import encode
+    from workerd.providers import PermanentError
 
     assert encode({"text": "a \\u0000 b"}) == '{"text":"a \\\\u0000 b"}'
     for bad in ({"text": "a \x00 b"}, {"k\x00": 1}, {"text": "\\\x00"}):

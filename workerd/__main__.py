@@ -25,6 +25,7 @@ signal.signal(signal.SIGINT, _note_signal)
 
 from schema.db import connect, resolve_url  # noqa: E402
 from schema.errors import DatabaseUrlMissing  # noqa: E402
+from workerd import loop  # noqa: E402
 from workerd.listen import listener  # noqa: E402
 from workerd.providers import provider_from_settings  # noqa: E402
 from workerd.settings import Settings  # noqa: E402
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         args.concurrency,
     )
     listen = listener(functools.partial(connect, url, autocommit=True, lease_s=settings.lease_s))
-    return worker.run(burst=args.burst, listen=listen)
+    return loop.run(worker, burst=args.burst, listen=listen)
 
 
 if __name__ == "__main__":
