@@ -207,6 +207,8 @@ def test_honcho__procfile_dev_serves_on_its_port_and_finishes_a_job(database_url
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHUNKQ_") and k != "PORT"}
     env.update(DATABASE_URL=database_url, CHUNKQ_PROVIDER="simulated", PYTHONUNBUFFERED="1")
+    # Procfile.dev names bare commands (gunicorn): find this interpreter's, activated or not.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     proc = subprocess.Popen(
         [sys.executable, "-m", "honcho", "start", "-f", "Procfile.dev", "-p", str(port)],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
