@@ -24,7 +24,7 @@ import httpx
 import psutil
 import pytest
 
-from web.up import _gunicorn_argv
+from chunkq.up import _gunicorn_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = "\n\n".join(
@@ -49,7 +49,7 @@ def cli_env(**extra: str) -> dict[str, str]:
 def chunkq(*args: str, env: dict[str, str] | None = None, **kwargs: Any) -> Any:
     """Run the CLI as a subprocess and return the completed process (text mode)."""
     return subprocess.run(
-        [sys.executable, "-m", "web.cli", *args],
+        [sys.executable, "-m", "chunkq", *args],
         cwd=ROOT,
         env=env or cli_env(),
         capture_output=True,
@@ -242,7 +242,7 @@ def test_submit_wait__ctrl_c_exits_130_and_names_the_job(api: str, inherited: An
     # No worker: the job stays PENDING, so the client is certainly still waiting.
     with sigint_for_children(inherited):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "web.cli", "submit", "-", "--wait", "--url", api],
+            [sys.executable, "-m", "chunkq", "submit", "-", "--wait", "--url", api],
             cwd=ROOT,
             env=cli_env(),
             stdin=subprocess.PIPE,
@@ -340,7 +340,7 @@ def chunkq_up(
     the lines of its stderr (all of them once the block has ended); the line that says it
     is up goes into ``banner``."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "web.cli", "up", "--port", "0", *args],
+        [sys.executable, "-m", "chunkq", "up", "--port", "0", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

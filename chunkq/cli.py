@@ -1,8 +1,8 @@
-"""``chunkq``: run everything locally (``up``, in web/up.py, and ``down``), migrate, prune
+"""``chunkq``: run everything locally (``up``, in chunkq/up.py, and ``down``), migrate, prune
 and submit texts.
 
 ``up`` supervises gunicorn and ``python -m workerd`` processes; the HTTP client lives in
-``web.client``.
+``chunkq.client``.
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ import argparse
 import math
 import os
 import signal
-import sys
 from collections.abc import Callable
 from typing import Any
 
-from web import client
-from web.up import (
+from chunkq import client
+from chunkq.up import (
     close_database,
     cmd_up,
     embedded_datadir,
@@ -220,7 +219,3 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     args = build_parser().parse_args(argv)
     return int(args.run(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import httpx
 
-from web import client
+from chunkq import client
 
 
 @dataclass
@@ -104,9 +104,8 @@ def migrate(url: str) -> None:
     from alembic.config import Config
 
     import schema
-    import web
 
-    ini = Path(web.__file__).resolve().parent.parent / "alembic.ini"
+    ini = Path(__file__).resolve().parent.parent / "alembic.ini"
     if ini.is_file():
         cfg = Config(str(ini))
     else:
