@@ -1,221 +1,232 @@
-"""``chunkq``: run everything locally (``up``, in chunkq/up.py, and ``down``), migrate, prune
-and submit texts.
+"""The ``chunkq`` console script: the command tree, its options and their help.
 
-``up`` supervises gunicorn and ``python -m workerd`` processes; the HTTP client lives in
-``chunkq.client``.
+Each command imports what it runs only once it runs, so ``--help`` and ``--version`` load
+click and this package alone, not Flask, SQLAlchemy, psycopg, httpx or alembic.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import signal
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from chunkq import client
-from chunkq.up import (
-    close_database,
-    cmd_up,
-    embedded_datadir,
-    migrate,
-    open_database,
-    say,
-    startup_errors,
-)
+import click
 
+from chunkq.console import say
+from chunkq.exits import EXIT_HELP, EXIT_INTERRUPTED, EXIT_PIPE_CLOSED
 
-def with_database(what: str, action: Callable[[str], str]) -> int:
-    """Run ``action(url)`` on DATABASE_URL or the embedded database, print what it says,
-    and turn failures into an exit code (2 for a setup problem, 1 for the action)."""
-    db = None
-    try:
-        db = open_database()
-        print(f"chunkq: {action(db.url)} (database: {db.label})")
-        return 0
-    except client.ClientError as exc:
-        say(str(exc))
-        return exc.code
-    except startup_errors() as exc:
-        say(f"{what} failed: {exc}")
-        return 1
-    finally:
-        if db is not None:
-            close_database(db)
-
-
-def cmd_migrate(_args: argparse.Namespace) -> int:
-    """Apply migrations to DATABASE_URL, or to the embedded database."""
-
-    def run(url: str) -> str:
-        migrate(url)
-        return "the database is at the latest migration"
-
-    return with_database("migration", run)
-
-
-def cmd_down(_args: argparse.Namespace) -> int:
-    """Stop the embedded PostgreSQL left running under $CHUNKQ_HOME (a crashed ``chunkq up``).
-
-    Exits 0 when it is stopped or none was running, 1 while a chunkq process still uses it.
-    """
-    from schema.embedded import EmbeddedPostgres
-    from schema.errors import ChunkqError
-
-    datadir = embedded_datadir()
-    server = EmbeddedPostgres(datadir)
-    try:
-        running = server.is_running()
-    except ImportError:  # psutil comes with the wheel; without it none of ours can run
-        running = False
-    if not running:
-        print(f"chunkq: no embedded PostgreSQL is running under {datadir}; nothing to stop")
-        return 0
-    try:
-        stopped = server.stop_unused()
-    except ChunkqError as exc:
-        say(f"could not stop the embedded PostgreSQL under {datadir}: {exc}")
-        return 1
-    if not stopped:
-        say(
-            f"the embedded PostgreSQL under {datadir} is in use by a running chunkq"
-            " (up, migrate or prune); stop that one instead (Ctrl-C)"
-        )
-        return 1
-    print(f"chunkq: stopped the embedded PostgreSQL under {datadir}")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse tree; each subcommand's handler is stored as ``args.run``."""
-    raw = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
-        prog="chunkq",
-        description="Analyse long texts reliably: chunked, queued in PostgreSQL, merged in order.",
-        epilog=client.EXIT_HELP,
-        formatter_class=raw,
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    up = sub.add_parser(
-        "up",
-        help="run the API, workers and (without DATABASE_URL) an embedded PostgreSQL",
-        description="Serve the API on 127.0.0.1 and run workers until SIGINT/SIGTERM. Uses"
-        " DATABASE_URL if set, else an embedded PostgreSQL with data in $CHUNKQ_HOME"
-        " (default ./.chunkq). Exits 0 after a clean stop, 1 if startup fails, 2 for a bad"
-        " setting or when the embedded PostgreSQL is not installed.",
-    )
-    port = os.environ.get("PORT") or "8000"  # a string default goes through `type` too
-    for flag, least, default, what in (
-        ("--workers", 0, 2, "worker processes (default 2)"),
-        ("--concurrency", 1, 8, "chunks in flight per worker (default 8)"),
-        ("--port", 0, port, "API port on 127.0.0.1 (default $PORT or 8000; 0: any free one)"),
-        ("--web-workers", 1, 2, "gunicorn worker processes (default 2)"),
-    ):
-        up.add_argument(flag, type=_count(least), default=default, metavar="N", help=what)
-    up.set_defaults(run=cmd_up)
-
-    url = os.environ.get("CHUNKQ_URL") or "http://127.0.0.1:8000"
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--wait", action="store_true", help="follow the job, print its final JSON")
-    common.add_argument("--url", default=url, help=f"the server (default $CHUNKQ_URL or {url})")
-    common.add_argument(
-        "--interval", type=float, default=0.5, metavar="S", help="seconds between polls (0.5)"
-    )
-
-    about = "submit a text for analysis"
-    submit = sub.add_parser(
-        "submit", parents=[common], help=about, description=about, epilog=client.EXIT_HELP,
-        formatter_class=raw,
-    )  # fmt: skip
-    submit.add_argument("file", metavar="FILE", help="a UTF-8 text file, or - for stdin")
-    submit.add_argument(
-        "--max-chunk-chars", type=int, default=2000, metavar="N", help="longest chunk (2000)"
-    )
-    submit.set_defaults(run=client.cmd_submit)
-
-    about = "show a job (with --wait: follow it to the end)"
-    status = sub.add_parser(
-        "status", parents=[common], help=about, description=about, epilog=client.EXIT_HELP,
-        formatter_class=raw,
-    )  # fmt: skip
-    status.add_argument("job_id", metavar="JOB_ID")
-    status.set_defaults(run=client.cmd_status)
-
-    about = "apply database migrations to DATABASE_URL, or to the embedded PostgreSQL"
-    sub.add_parser("migrate", help=about, description=about).set_defaults(run=cmd_migrate)
-
-    about = "stop an embedded PostgreSQL left running under $CHUNKQ_HOME (after a crash of up)"
-    sub.add_parser("down", help=about, description=about).set_defaults(run=cmd_down)
-
-    about = "delete jobs that finished long ago, with their chunks and attempt log"
-    prune = sub.add_parser("prune", help=about, description=about)
-    prune.add_argument(
-        "--older-than", type=_age, default="7d", metavar="AGE",
-        help="how long ago they finished: seconds, or a number with s, m, h or d (default 7d)",
-    )  # fmt: skip
-    prune.set_defaults(run=cmd_prune)
-    return parser
-
-
-def cmd_prune(args: argparse.Namespace) -> int:
-    """Delete finished jobs older than --older-than from DATABASE_URL (or the embedded one)."""
-    from schema.db import connect
-    from schema.prune import prune
-
-    def run(url: str) -> str:
-        with connect(url, autocommit=True) as conn:  # the session limits, as everywhere
-            deleted = prune(conn, args.older_than)
-        return f"deleted {deleted} finished jobs older than {args.older_than:g} s"
-
-    return with_database("prune", run)
-
-
+# "\b" keeps click from rewrapping the table into one paragraph.
+EPILOG = "\b\n" + EXIT_HELP
 MAX_AGE_S = 36500 * 86400  # a century: older than any row, well inside PostgreSQL's timestamps
 
 
-def _age(value: str) -> float:
-    """An argparse type: seconds, or a number followed by s, m, h or d."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    number, unit = (value[:-1], value[-1]) if value[-1:] in units else (value, "s")
+@contextmanager
+def _quiet_if_stdout_closes() -> Iterator[None]:
+    """Turn a closed stdout (``chunkq status ID | head -c 10``) into exit 141, silently.
+
+    Python's advice for SIGPIPE: point stdout at devnull, so that the flush at exit finds
+    somewhere to write and prints no second error.
+    """
     try:
-        seconds = float(number) * units[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not an age: {value!r} (try 3600, 90m, 12h or 7d)"
-        ) from None
-    # float() takes nan, inf and 1e400 (inf); none of them is a time ago PostgreSQL can use.
-    if not math.isfinite(seconds):
-        raise argparse.ArgumentTypeError(f"not a finite age: {value!r} (try 3600, 12h or 7d)")
-    if seconds < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {value!r}")
-    if seconds > MAX_AGE_S:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_AGE_S // 86400}d: {value!r}")
-    return seconds
+        yield
+        sys.stdout.flush()  # here, where a closed pipe can still be handled, not at exit
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        raise click.exceptions.Exit(EXIT_PIPE_CLOSED) from None
 
 
-def _count(least: int) -> Any:
-    """An argparse type: an integer of at least ``least``."""
+class Commands(click.Group):
+    """The ``chunkq`` group: every command returns its exit code, and a closed stdout ends any
+    of them (help included) quietly. Click's own handling would exit 1 for it."""
 
-    def parse(value: str) -> int:
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        with _quiet_if_stdout_closes():  # --help and --version print while parsing
+            return super().make_context(info_name, args, parent, **extra)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # in the order they are defined: up first, as in the README
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _quiet_if_stdout_closes():
+            code = super().invoke(ctx)
+        ctx.exit(int(code))
+
+
+class Age(click.ParamType):
+    """An age in seconds: a number, or a number followed by s, m, h or d (``90m``, ``7d``)."""
+
+    name = "age"
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float):  # already converted (a default given as a number)
+            return value
+        text = str(value)
+        number, unit = (text[:-1], text[-1]) if text[-1:] in self.units else (text, "s")
         try:
-            number = int(value)
+            seconds = float(number) * self.units[unit]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-        if number < least:
-            raise argparse.ArgumentTypeError(f"must be at least {least}")
-        return number
+            self.fail(f"not an age: {text!r} (try 3600, 90m, 12h or 7d)", param, ctx)
+        # float() takes nan, inf and 1e400 (inf); none of them is a time ago PostgreSQL can use.
+        if not math.isfinite(seconds):
+            self.fail(f"not a finite age: {text!r} (try 3600, 12h or 7d)", param, ctx)
+        if seconds < 0:
+            self.fail(f"must not be negative: {text!r}", param, ctx)
+        if seconds > MAX_AGE_S:
+            self.fail(f"must be at most {MAX_AGE_S // 86400}d: {text!r}", param, ctx)
+        return seconds
 
-    return parse
+
+@click.group(
+    cls=Commands,
+    # A bare `chunkq` is a usage error (exit 2) on every click version, not help and exit 0.
+    no_args_is_help=False,
+    epilog=EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+)
+@click.version_option(package_name="chunkq", prog_name="chunkq", message="%(prog)s %(version)s")
+def cli() -> None:
+    """Analyse long texts reliably: chunked, queued in PostgreSQL, merged in order."""
+
+
+def _count(least: int) -> click.IntRange:
+    return click.IntRange(min=least)
+
+
+@cli.command(short_help="Run the API and workers (and PostgreSQL, unless DATABASE_URL).")
+@click.option("--workers", type=_count(0), default=2, metavar="N", help="Worker processes.")
+@click.option(
+    "--concurrency", type=_count(1), default=8, metavar="N", help="Chunks in flight per worker."
+)
+@click.option(
+    "--port",
+    type=_count(0),
+    default=8000,
+    envvar="PORT",
+    show_envvar=True,
+    metavar="N",
+    help="API port on 127.0.0.1 (0: any free one).",
+)
+@click.option(
+    "--web-workers", type=_count(1), default=2, metavar="N", help="gunicorn worker processes."
+)
+def up(workers: int, concurrency: int, port: int, web_workers: int) -> int:
+    """Serve the API on 127.0.0.1 and run workers until SIGINT/SIGTERM.
+
+    Uses DATABASE_URL if set, else an embedded PostgreSQL with data in $CHUNKQ_HOME (default
+    ./.chunkq). Exits 0 after a clean stop, 1 if startup fails, 2 for a bad setting or when
+    the embedded PostgreSQL is not installed.
+    """
+    from chunkq.up import run_up
+
+    return run_up(workers=workers, concurrency=concurrency, port=port, web_workers=web_workers)
+
+
+def _follow_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options ``submit`` and ``status`` share: which server, and whether to follow."""
+    command = click.option(
+        "--interval", type=float, default=0.5, metavar="S", help="Seconds between polls."
+    )(command)
+    command = click.option(
+        "--url",
+        default="http://127.0.0.1:8000",
+        envvar="CHUNKQ_URL",
+        show_envvar=True,
+        metavar="URL",
+        help="The chunkq server.",
+    )(command)
+    return click.option(
+        "--wait", is_flag=True, help="Follow the job to the end, then print its final JSON."
+    )(command)
+
+
+@cli.command(short_help="Submit a text for analysis (--wait: follow it to the end).", epilog=EPILOG)
+@click.argument("file", metavar="FILE")
+@click.option("--max-chunk-chars", type=int, default=2000, metavar="N", help="The longest chunk.")
+@_follow_options
+def submit(file: str, max_chunk_chars: int, wait: bool, url: str, interval: float) -> int:
+    """Submit a text for analysis.
+
+    FILE is a UTF-8 text file, or - for stdin. Prints the accepted job as JSON; with --wait,
+    shows progress on stderr and prints the final report.
+    """
+    from chunkq.client import submit_file
+
+    return submit_file(file, url=url, max_chunk_chars=max_chunk_chars, wait=wait, interval=interval)
+
+
+@cli.command(short_help="Show a job's report (--wait: follow it to the end).", epilog=EPILOG)
+@click.argument("job_id", metavar="JOB_ID")
+@_follow_options
+def status(job_id: str, wait: bool, url: str, interval: float) -> int:
+    """Show a job's report as JSON (with --wait: follow it to the end)."""
+    from chunkq.client import show_status
+
+    return show_status(job_id, url=url, wait=wait, interval=interval)
+
+
+@cli.command(short_help="Apply the migrations to DATABASE_URL or the embedded database.")
+def migrate() -> int:
+    """Apply database migrations to DATABASE_URL, or to the embedded PostgreSQL."""
+    from chunkq.database import run_migrate
+
+    return run_migrate()
+
+
+@cli.command(short_help="Stop an embedded PostgreSQL that a crashed `up` left running.")
+def down() -> int:
+    """Stop an embedded PostgreSQL left running under $CHUNKQ_HOME (after a crash of up).
+
+    Exits 0 when it is stopped or none was running, 1 while a chunkq process still uses it.
+    """
+    from chunkq.database import run_down
+
+    return run_down()
+
+
+@cli.command(short_help="Delete jobs that finished long ago, with all their rows.")
+@click.option(
+    "--older-than",
+    type=Age(),
+    default="7d",
+    metavar="AGE",
+    help="How long ago they finished: seconds, or a number with s, m, h or d.",
+)
+def prune(older_than: float) -> int:
+    """Delete jobs that finished long ago, with their chunks and attempt log.
+
+    Uses DATABASE_URL, or the embedded PostgreSQL. A finished job whose reduce step is
+    still pending or running is kept.
+    """
+    from chunkq.database import run_prune
+
+    return run_prune(older_than)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The console script: parse, run one subcommand, return its exit code."""
+    """The console script: parse, run one command, return its exit code."""
     # Ctrl-C is how `submit --wait` and `status --wait` are meant to end (exit 130), so the
     # handler is ours to install: Python only sets up KeyboardInterrupt when SIGINT was not
     # ignored at start, and a parent (a CI runner, `cmd &` in a script) may have ignored it.
     # `up` installs its own handlers over this one.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    try:
+        return int(cli.main(args=argv, prog_name="chunkq", standalone_mode=False))
+    except click.ClickException as exc:  # a usage error: exit 2, as before
+        exc.show()
+        return exc.exit_code
+    except click.Abort:  # Ctrl-C in a command that does not handle it itself
+        say("interrupted")
+        return EXIT_INTERRUPTED

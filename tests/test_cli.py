@@ -24,7 +24,7 @@ import httpx
 import psutil
 import pytest
 
-from chunkq.up import _gunicorn_argv
+from chunkq.up import gunicorn_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = "\n\n".join(
@@ -125,7 +125,7 @@ def api(database_url: str) -> Iterator[str]:
     """gunicorn serving the API on a free loopback port (the socket is bound here, no race)."""
     listener = socket.create_server(("127.0.0.1", 0))
     proc = subprocess.Popen(
-        _gunicorn_argv(listener.fileno(), 1),
+        gunicorn_argv(listener.fileno(), 1),
         cwd=ROOT,
         env=cli_env(DATABASE_URL=database_url, CHUNKQ_PROVIDER="simulated"),
         pass_fds=(listener.fileno(),),
