@@ -90,6 +90,7 @@ class Age(click.ParamType):
 
 
 @click.group(
+    "chunkq",
     cls=Commands,
     # A bare `chunkq` is a usage error (exit 2) on every click version, not help and exit 0.
     no_args_is_help=False,
