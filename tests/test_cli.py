@@ -53,7 +53,7 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(*args: str, input: str | None = None, **env: str) -> Result:
+def invoke(*args: str, input: str | None = None, **env: str) -> Result:
     """Run the CLI in this process, under the environment ``cli_env`` would give a child.
 
     Exceptions are not caught: a bug fails the test with its traceback instead of looking
@@ -183,7 +183,7 @@ COMMANDS = ["up", "submit", "status", "migrate", "down", "prune"]
 
 
 def test_help__lists_every_command_on_one_line_with_its_summary() -> None:
-    done = run("--help")
+    done = invoke("--help")
     assert done.exit_code == 0, done.stderr
     block = done.stdout.split("Commands:\n", 1)[1].split("\n\n", 1)[0]
     # A summary that wraps adds a line, one that click shortened ends in "...".
@@ -195,7 +195,7 @@ def test_help__lists_every_command_on_one_line_with_its_summary() -> None:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help__of_each_command_documents_every_option(command: str) -> None:
     for flag in ("--help", "-h"):
-        done = run(command, flag)
+        done = invoke(command, flag)
         assert done.exit_code == 0, done.stderr
         assert done.stdout.startswith(f"Usage: chunkq {command} "), done.stdout
     options = [p for p in cli.commands[command].params if isinstance(p, click.Option)]
@@ -206,7 +206,7 @@ def test_help__of_each_command_documents_every_option(command: str) -> None:
 
 def test_version__is_the_installed_distributions() -> None:
     expected = f"chunkq {importlib.metadata.version('chunkq')}\n"
-    assert run("--version").stdout == expected
+    assert invoke("--version").stdout == expected
     # The console script's own way in: python -m chunkq, and the entry point it is built from.
     assert chunkq("--version").stdout == expected
     (script,) = importlib.metadata.entry_points(group="console_scripts", name="chunkq")
@@ -215,7 +215,7 @@ def test_version__is_the_installed_distributions() -> None:
 
 @pytest.mark.parametrize("args", [[], ["nope"], ["submit"], ["status"], ["up", "--nope"]])
 def test_usage_errors__exit_2_and_say_what_is_wrong(args: list[str]) -> None:
-    done = run(*args)
+    done = invoke(*args)
     assert done.exit_code == 2
     assert "Error:" in done.stderr and "Usage: chunkq" in done.stderr
     assert done.stdout == ""
@@ -224,11 +224,11 @@ def test_usage_errors__exit_2_and_say_what_is_wrong(args: list[str]) -> None:
 def test_up__defaults_and_port_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[dict[str, int]] = []
     monkeypatch.setattr("chunkq.up.run_up", lambda **kw: calls.append(kw) or 7)
-    assert run("up").exit_code == 7  # whatever the command returns is the exit code
-    assert run("up", PORT="9123").exit_code == 7
-    assert run("up", PORT="").exit_code == 7  # empty is unset, as before
+    assert invoke("up").exit_code == 7  # whatever the command returns is the exit code
+    assert invoke("up", PORT="9123").exit_code == 7
+    assert invoke("up", PORT="").exit_code == 7  # empty is unset, as before
     flags = ("--port", "0", "--workers", "0", "--concurrency", "3", "--web-workers", "4")
-    assert run("up", *flags, PORT="9123").exit_code == 7
+    assert invoke("up", *flags, PORT="9123").exit_code == 7
     default = {"workers": 2, "concurrency": 8, "port": 8000, "web_workers": 2}
     assert calls == [
         default,
@@ -253,7 +253,7 @@ def test_up__bad_count_or_port_is_an_argument_error(
     monkeypatch: pytest.MonkeyPatch, args: list[str], env: dict[str, str]
 ) -> None:
     monkeypatch.setattr("chunkq.up.run_up", lambda **kw: pytest.fail(f"ran with {kw}"))
-    done = run("up", *args, **env)
+    done = invoke("up", *args, **env)
     assert done.exit_code == 2
     assert "Invalid value for '--" in done.stderr
 
@@ -264,12 +264,13 @@ def test_submit_and_status__defaults_and_url_from_the_environment(
     calls: list[tuple[str, dict[str, Any]]] = []
     monkeypatch.setattr("chunkq.client.submit_file", lambda f, **kw: calls.append((f, kw)) or 3)
     monkeypatch.setattr("chunkq.client.show_status", lambda j, **kw: calls.append((j, kw)) or 4)
-    assert run("submit", "-").exit_code == 3
+    assert invoke("submit", "-").exit_code == 3
     flags = ("--wait", "--max-chunk-chars", "300", "--interval", "0.1")
-    assert run("submit", "t.txt", *flags, CHUNKQ_URL="http://h:1").exit_code == 3
-    assert run("status", "J", CHUNKQ_URL="").exit_code == 4
+    assert invoke("submit", "t.txt", *flags, CHUNKQ_URL="http://h:1").exit_code == 3
+    assert invoke("status", "J", CHUNKQ_URL="").exit_code == 4
     assert (
-        run("status", "--wait", "J", "--url", "http://x:2", CHUNKQ_URL="http://h:1").exit_code == 4
+        invoke("status", "--wait", "J", "--url", "http://x:2", CHUNKQ_URL="http://h:1").exit_code
+        == 4
     )
     local, follow = "http://127.0.0.1:8000", {"wait": True, "interval": 0.1}
     assert calls == [
@@ -409,7 +410,7 @@ def test_submit_wait__completes_and_chunks_tile_the_text(
     path = tmp_path / "text.txt"
     path.write_text(TEXT, encoding="utf-8")
     args = ("--url", api, "--max-chunk-chars", "300", "--interval", "0.1")
-    done = run("submit", str(path), "--wait", *args)
+    done = invoke("submit", str(path), "--wait", *args)
     assert done.exit_code == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["status"] == "COMPLETED"
@@ -422,11 +423,11 @@ def test_submit_wait__completes_and_chunks_tile_the_text(
     # Not a terminal, so progress comes as plain lines, the last one terminal.
     assert re.search(r"COMPLETED 100\.0% \(\d+ done, 0 failed", done.stderr), done.stderr
 
-    shown = run("status", report["job_id"], "--url", api)
+    shown = invoke("status", report["job_id"], "--url", api)
     assert shown.exit_code == 0, shown.stderr
     assert json.loads(shown.stdout)["analysis_result"] == report["analysis_result"]
 
-    queued = run("submit", "-", "--url", api, input="from stdin")
+    queued = invoke("submit", "-", "--url", api, input="from stdin")
     assert queued.exit_code == 0, queued.stderr
     accepted = json.loads(queued.stdout)
     assert accepted["status"] == "PENDING" and accepted["chunks_total"] == 1
@@ -437,7 +438,7 @@ def test_submit_wait__completes_and_chunks_tile_the_text(
 def test_submit__rejected_request_prints_the_problem_and_exits_2(api: str, tmp_path: Path) -> None:
     path = tmp_path / "text.txt"
     path.write_text("some text", encoding="utf-8")
-    done = run("submit", str(path), "--max-chunk-chars", "0", "--url", api)
+    done = invoke("submit", str(path), "--max-chunk-chars", "0", "--url", api)
     assert done.exit_code == 2
     assert "Invalid request (422)" in done.stderr
     assert "max_chunk_chars:" in done.stderr
@@ -446,7 +447,7 @@ def test_submit__rejected_request_prints_the_problem_and_exits_2(api: str, tmp_p
 
 @pytest.mark.slow
 def test_status__unknown_job_is_a_rejected_request_and_exits_2(api: str) -> None:
-    done = run("status", "00000000-0000-0000-0000-000000000000", "--url", api)
+    done = invoke("status", "00000000-0000-0000-0000-000000000000", "--url", api)
     assert done.exit_code == 2
     assert "(404)" in done.stderr and done.stdout == ""
 
@@ -460,7 +461,7 @@ def test_submit_wait__a_failed_chunk_keeps_its_place_and_exits_3(
     )
     text = "good text. " * 30 + "POISON here. " + "more good text. " * 30
     args = ("--url", api, "--max-chunk-chars", "100", "--interval", "0.1")
-    done = run("submit", "-", "--wait", *args, input=text)
+    done = invoke("submit", "-", "--wait", *args, input=text)
     assert done.exit_code == 3, done.stderr
     report = json.loads(done.stdout)
     assert report["status"] == "PARTIAL_SUCCESS"
@@ -516,7 +517,7 @@ def test_submit_wait__ctrl_c_exits_130_and_names_the_job(api: str, inherited: An
 
 
 def test_submit__missing_file_is_a_clear_error() -> None:
-    done = run("submit", "/nonexistent/text.txt")
+    done = invoke("submit", "/nonexistent/text.txt")
     assert done.exit_code == 2
     assert "no such file: /nonexistent/text.txt" in done.stderr
 
@@ -524,7 +525,7 @@ def test_submit__missing_file_is_a_clear_error() -> None:
 def test_submit__non_utf8_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "latin1.txt"
     path.write_bytes("caf\xe9".encode("latin-1"))
-    done = run("submit", str(path))
+    done = invoke("submit", str(path))
     assert done.exit_code == 2
     assert "not UTF-8" in done.stderr and "offset 3" in done.stderr
 
@@ -535,7 +536,7 @@ def test_submit__closed_port_says_not_reachable(tmp_path: Path) -> None:
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         path = tmp_path / "text.txt"
         path.write_text("some text", encoding="utf-8")
-        done = run("submit", str(path), "--wait", CHUNKQ_URL=url)
+        done = invoke("submit", str(path), "--wait", CHUNKQ_URL=url)
     assert done.exit_code == 1
     assert f"not reachable at {url}" in done.stderr
     assert "chunkq up" in done.stderr
@@ -545,7 +546,7 @@ def test_submit__closed_port_says_not_reachable(tmp_path: Path) -> None:
 
 
 def test_migrate__creates_the_schema(empty_database_url: str) -> None:
-    done = run("migrate", DATABASE_URL=empty_database_url)
+    done = invoke("migrate", DATABASE_URL=empty_database_url)
     assert done.exit_code == 0, done.stderr
     assert "the database is at the latest migration" in done.stdout
     import psycopg
@@ -564,7 +565,7 @@ def test_migrate__creates_the_schema(empty_database_url: str) -> None:
 def test_prune__non_finite_negative_huge_or_garbled_age_is_an_argument_error(
     database_url: str, age: str
 ) -> None:
-    done = run("prune", f"--older-than={age}", DATABASE_URL=database_url)
+    done = invoke("prune", f"--older-than={age}", DATABASE_URL=database_url)
     assert done.exit_code == 2, done.stderr
     assert "--older-than" in done.stderr and repr(age) in done.stderr
 
@@ -579,7 +580,7 @@ def test_prune__non_finite_negative_huge_or_garbled_age_is_an_argument_error(
     ],
 )
 def test_prune__deletes_old_finished_jobs(database_url: str, args: list[str], seconds: int) -> None:
-    done = run("prune", *args, DATABASE_URL=database_url)
+    done = invoke("prune", *args, DATABASE_URL=database_url)
     assert done.exit_code == 0, done.stderr
     assert f"deleted 0 finished jobs older than {seconds} s" in done.stdout
 
@@ -691,7 +692,7 @@ def test_up__children_exit_when_the_supervisor_is_killed(database_url: str) -> N
 def test_up__port_in_use_fails_fast_and_clearly() -> None:
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = str(busy.getsockname()[1])
-        done = run("up", "--port", port, DATABASE_URL="postgresql://unused/x")
+        done = invoke("up", "--port", port, DATABASE_URL="postgresql://unused/x")
     assert done.exit_code == 1
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
 
@@ -753,7 +754,7 @@ def test_up__adopts_the_server_a_killed_up_left_running_and_stops_it_on_exit() -
         with chunkq_up(env, "--workers", "0", "--web-workers", "1") as (up, base, _log):
             assert healthy(base)
             # While this run uses the server, `chunkq down` must leave it alone.
-            busy = run("down", CHUNKQ_HOME=str(home))
+            busy = invoke("down", CHUNKQ_HOME=str(home))
             assert busy.exit_code == 1 and "in use by a running chunkq" in busy.stderr
             assert postgres_serving(datadir)
             up.send_signal(signal.SIGINT)
@@ -794,12 +795,12 @@ def test_down__stops_a_left_over_server_and_says_so_when_none_runs() -> None:
     try:
         EmbeddedPostgres(datadir, settings={"fsync": "off"}).start()  # as a crashed up leaves it
         assert postgres_serving(datadir)
-        done = run("down", CHUNKQ_HOME=str(home))
+        done = invoke("down", CHUNKQ_HOME=str(home))
         assert done.exit_code == 0, done.stderr
         assert f"stopped the embedded PostgreSQL under {datadir}" in done.stdout
         assert postgres_serving(datadir) == []
 
-        again = run("down", CHUNKQ_HOME=str(home))
+        again = invoke("down", CHUNKQ_HOME=str(home))
         assert again.exit_code == 0, again.stderr
         assert f"no embedded PostgreSQL is running under {datadir}" in again.stdout
     finally:
