@@ -41,9 +41,40 @@ def _quiet_if_stdout_closes() -> Iterator[None]:
         raise click.exceptions.Exit(EXIT_PIPE_CLOSED) from None
 
 
+class Command(click.Command):
+    """A command that takes any unambiguous prefix of a long option (``--work 3``), as the
+    argparse command line before it did, so scripts written against that keep working."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        params = self.get_params(ctx)  # --help included
+        longs = [opt for param in params for opt in param.opts if opt.startswith("--")]
+        return super().parse_args(ctx, _whole_options(ctx, args, longs))
+
+
+def _whole_options(ctx: click.Context, args: list[str], longs: list[str]) -> list[str]:
+    """``args`` with each unambiguous prefix of a long option written out (``--work=3``
+    becomes ``--workers=3``); an ambiguous one is a usage error, an unknown one is left for
+    click to refuse, and everything after ``--`` is an argument, left alone."""
+    whole: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return whole + args[i:]
+        name, equals, value = arg.partition("=")
+        if name.startswith("--") and name not in longs:
+            matches = [opt for opt in longs if opt.startswith(name)]
+            if len(matches) > 1:
+                raise click.UsageError(f"{name} is ambiguous: {' or '.join(matches)}?", ctx)
+            if matches:
+                arg = matches[0] + equals + value
+        whole.append(arg)
+    return whole
+
+
 class Commands(click.Group):
     """The ``chunkq`` group: every command returns its exit code, and a closed stdout ends any
     of them (help included) quietly. Click's own handling would exit 1 for it."""
+
+    command_class = Command
 
     def make_context(
         self,

@@ -238,6 +238,25 @@ def test_up__defaults_and_port_from_the_environment(monkeypatch: pytest.MonkeyPa
     ]
 
 
+def test_options__an_unambiguous_prefix_of_a_long_option_still_works(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ups: list[dict[str, int]] = []
+    files: list[str] = []
+    monkeypatch.setattr("chunkq.up.run_up", lambda **kw: ups.append(kw) or 0)
+    monkeypatch.setattr("chunkq.client.submit_file", lambda f, **kw: files.append(f) or 0)
+    assert invoke("up", "--work", "3", "--conc=2", "--p", "0", "--web", "1").exit_code == 0
+    assert ups == [{"workers": 3, "concurrency": 2, "port": 0, "web_workers": 1}]
+    assert invoke("submit", "--", "--wait").exit_code == 0  # after --, a file named --wait
+    assert files == ["--wait"]
+    assert invoke("prune", "--older=nan").exit_code == 2  # expanded, then refused as before
+
+    ambiguous = invoke("up", "--w", "1")
+    assert ambiguous.exit_code == 2
+    assert "--w is ambiguous: --workers or --web-workers?" in ambiguous.stderr
+    assert len(ups) == 1
+
+
 @pytest.mark.parametrize(
     ("args", "env"),
     [
