@@ -7,7 +7,7 @@ import signal
 import threading
 from typing import Any
 
-from web.up import Supervisor
+from chunkq.supervisor import Supervisor
 from workerd.providers import SimulatedProvider
 from workerd.settings import Settings
 from workerd.signals import stop_on_signals

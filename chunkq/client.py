@@ -1,7 +1,7 @@
 """The HTTP client behind ``chunkq submit`` and ``chunkq status``: submit, poll, show progress.
 
-Exit codes are part of the CLI's interface (scripts branch on them), so they live here as
-constants and in ``EXIT_HELP``, which ``--help`` shows.
+Each command returns its exit code (``chunkq.exits``): the job's final status, or what went
+wrong on the way.
 """
 
 from __future__ import annotations
@@ -15,28 +15,19 @@ from typing import Any, TextIO
 
 import httpx
 
-EXIT_OK = 0  # submitted (no --wait), or the job COMPLETED
-EXIT_ERROR = 1  # server unreachable, or an answer that is not the API's
-EXIT_REJECTED = 2  # bad input: unreadable file, or the server refused the request (4xx)
-EXIT_BY_STATUS = {"COMPLETED": 0, "PARTIAL_SUCCESS": 3, "FAILED": 4, "CANCELLED": 5}
-EXIT_INTERRUPTED = 130  # the shell's convention for Ctrl-C
+from chunkq.console import say
+from chunkq.exits import (
+    EXIT_BY_STATUS,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_REJECTED,
+    CommandError,
+)
+
 # A server restart (chunkq up restarting gunicorn) must not end a long wait.
 OUTAGE_TOLERANCE_S = 60.0
 LOG_EVERY_S = 2.0  # without a TTY, at most one progress line per this many seconds
-EXIT_HELP = """exit codes of submit and status:
-  0  submitted (without --wait), or the job COMPLETED
-  1  the server is not reachable, or failed (5xx)
-  2  bad input: file missing or not UTF-8, or the request was rejected (4xx problem)
-  3  PARTIAL_SUCCESS    4  FAILED    5  CANCELLED
-  130  interrupted (Ctrl-C); the job keeps running on the server"""
-
-
-class ClientError(Exception):
-    """A failure to report to the user as one message, with the exit code to use."""
-
-    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def read_text(path: str) -> str:
@@ -44,14 +35,14 @@ def read_text(path: str) -> str:
     try:
         data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except FileNotFoundError as exc:
-        raise ClientError(f"no such file: {path}", EXIT_REJECTED) from exc
+        raise CommandError(f"no such file: {path}", EXIT_REJECTED) from exc
     except OSError as exc:
-        raise ClientError(f"cannot read {path}: {exc.strerror or exc}", EXIT_REJECTED) from exc
+        raise CommandError(f"cannot read {path}: {exc.strerror or exc}", EXIT_REJECTED) from exc
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         name = "stdin" if path == "-" else path
-        raise ClientError(
+        raise CommandError(
             f"{name} is not UTF-8 text (invalid byte at offset {exc.start}); convert it first,"
             " e.g. with iconv -t UTF-8",
             EXIT_REJECTED,
@@ -59,25 +50,27 @@ def read_text(path: str) -> str:
 
 
 def request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-    """One API call; any answer but 2xx JSON becomes a ClientError saying what went wrong."""
+    """One API call; any answer but 2xx JSON becomes a CommandError saying what went wrong."""
     base = str(client.base_url).rstrip("/")
     try:
         response = client.request(method, path, **kwargs)
     except httpx.ConnectError as exc:
-        raise ClientError(
+        raise CommandError(
             f"the chunkq server is not reachable at {base} ({exc});"
             " start one with `chunkq up`, or pass --url / set CHUNKQ_URL"
         ) from exc
     except httpx.TimeoutException as exc:
-        raise ClientError(f"{base} did not answer in time ({type(exc).__name__})") from exc
+        raise CommandError(f"{base} did not answer in time ({type(exc).__name__})") from exc
     except httpx.TransportError as exc:
-        raise ClientError(f"talking to {base} failed: {exc}") from exc
+        raise CommandError(f"talking to {base} failed: {exc}") from exc
     if response.is_success:
         try:
             return dict(response.json())
         except ValueError as exc:
-            raise ClientError(f"{base} answered with something that is not JSON") from exc
-    raise ClientError(_describe_error(response), EXIT_REJECTED if response.is_client_error else 1)
+            raise CommandError(f"{base} answered with something that is not JSON") from exc
+    raise CommandError(
+        _describe_error(response), EXIT_REJECTED if response.is_client_error else EXIT_ERROR
+    )
 
 
 def _describe_error(response: httpx.Response) -> str:
@@ -99,7 +92,7 @@ def _describe_error(response: httpx.Response) -> str:
 def make_client(url: str) -> httpx.Client:
     """An httpx client for the server at ``url``; a malformed URL is the user's error."""
     if not url.startswith(("http://", "https://")):
-        raise ClientError(f"--url must start with http:// or https://, got {url!r}", EXIT_REJECTED)
+        raise CommandError(f"--url must start with http:// or https://, got {url!r}", EXIT_REJECTED)
     # Writes may carry tens of MB; reads are small and should be quick.
     return httpx.Client(base_url=url, timeout=httpx.Timeout(30.0, write=120.0, read=120.0))
 
@@ -111,7 +104,7 @@ def submit(url: str, text: str, max_chunk_chars: int) -> dict[str, Any]:
         return request(client, "POST", "/v1/analyze", json=body)
 
 
-def wait(url: str, job_id: str, interval: float, stream: TextIO | None = None) -> dict[str, Any]:
+def follow(url: str, job_id: str, interval: float, stream: TextIO | None = None) -> dict[str, Any]:
     """Poll the job until it is terminal, showing progress on stderr; returns the last report."""
     progress = Progress(stream or sys.stderr)
     interval = max(interval, 0.05)  # --interval 0 must not hammer the server
@@ -121,7 +114,7 @@ def wait(url: str, job_id: str, interval: float, stream: TextIO | None = None) -
             try:
                 report = request(client, "GET", f"/v1/analyze/{job_id}")
                 outage_since = None
-            except ClientError as exc:
+            except CommandError as exc:
                 # 4xx (unknown job) is final; an unreachable or failing server may come back.
                 now = time.monotonic()
                 outage_since = outage_since or now
@@ -138,40 +131,40 @@ def wait(url: str, job_id: str, interval: float, stream: TextIO | None = None) -
             time.sleep(interval)
 
 
-def cmd_submit(args: Any) -> int:
-    """``chunkq submit``: submit a file; with --wait, follow it and exit by its final status."""
+def submit_file(path: str, *, url: str, max_chunk_chars: int, wait: bool, interval: float) -> int:
+    """``chunkq submit``: submit a file; with ``wait``, follow it and exit by its final status."""
     job_id = None
     try:
-        text = read_text(args.file)
-        accepted = submit(args.url, text, args.max_chunk_chars)
-        if not args.wait:
+        text = read_text(path)
+        accepted = submit(url, text, max_chunk_chars)
+        if not wait:
             print_report(accepted)
             return EXIT_OK
         job_id = accepted["job_id"]
         print(f"submitted job {job_id} ({accepted.get('chunks_total')} chunks)", file=sys.stderr)
-        report = wait(args.url, job_id, args.interval)
-    except ClientError as exc:
-        print(f"chunkq: {exc}", file=sys.stderr)
+        report = follow(url, job_id, interval)
+    except CommandError as exc:
+        say(str(exc))
         return exc.code
     except KeyboardInterrupt:
-        return _interrupted(args.url, job_id)
+        return _interrupted(url, job_id)
     print_report(report)
     return EXIT_BY_STATUS[report["status"]]
 
 
-def cmd_status(args: Any) -> int:
-    """``chunkq status``: show a job's report; with --wait, follow it like ``submit --wait``."""
+def show_status(job_id: str, *, url: str, wait: bool, interval: float) -> int:
+    """``chunkq status``: show a job's report; with ``wait``, follow it like ``submit``."""
     try:
-        if args.wait:
-            report = wait(args.url, args.job_id, args.interval)
+        if wait:
+            report = follow(url, job_id, interval)
         else:
-            with make_client(args.url) as http:
-                report = request(http, "GET", f"/v1/analyze/{args.job_id}")
-    except ClientError as exc:
-        print(f"chunkq: {exc}", file=sys.stderr)
+            with make_client(url) as http:
+                report = request(http, "GET", f"/v1/analyze/{job_id}")
+    except CommandError as exc:
+        say(str(exc))
         return exc.code
     except KeyboardInterrupt:
-        return _interrupted(args.url, args.job_id)
+        return _interrupted(url, job_id)
     print_report(report)
     return EXIT_BY_STATUS.get(report.get("status", ""), EXIT_OK)
 

@@ -1,0 +1,264 @@
+"""The ``chunkq`` console script: the command tree, its options and their help.
+
+Each command imports what it runs only once it runs, so ``--help`` and ``--version`` load
+click and this package alone, not Flask, SQLAlchemy, psycopg, httpx or alembic.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from chunkq.console import say
+from chunkq.exits import EXIT_HELP, EXIT_INTERRUPTED, EXIT_PIPE_CLOSED
+
+# "\b" keeps click from rewrapping the table into one paragraph.
+EPILOG = "\b\n" + EXIT_HELP
+MAX_AGE_S = 36500 * 86400  # a century: older than any row, well inside PostgreSQL's timestamps
+
+
+@contextmanager
+def _quiet_if_stdout_closes() -> Iterator[None]:
+    """Turn a closed stdout (``chunkq status ID | head -c 10``) into exit 141, silently.
+
+    Python's advice for SIGPIPE: point stdout at devnull, so that the flush at exit finds
+    somewhere to write and prints no second error.
+    """
+    try:
+        yield
+        sys.stdout.flush()  # here, where a closed pipe can still be handled, not at exit
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        raise click.exceptions.Exit(EXIT_PIPE_CLOSED) from None
+
+
+class Command(click.Command):
+    """A command that takes any unambiguous prefix of a long option (``--work 3``), as the
+    argparse command line before it did, so scripts written against that keep working."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        params = self.get_params(ctx)  # --help included
+        longs = [opt for param in params for opt in param.opts if opt.startswith("--")]
+        return super().parse_args(ctx, _whole_options(ctx, args, longs))
+
+
+def _whole_options(ctx: click.Context, args: list[str], longs: list[str]) -> list[str]:
+    """``args`` with each unambiguous prefix of a long option written out (``--work=3``
+    becomes ``--workers=3``); an ambiguous one is a usage error, an unknown one is left for
+    click to refuse, and everything after ``--`` is an argument, left alone."""
+    whole: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return whole + args[i:]
+        name, equals, value = arg.partition("=")
+        if name.startswith("--") and name not in longs:
+            matches = [opt for opt in longs if opt.startswith(name)]
+            if len(matches) > 1:
+                raise click.UsageError(f"{name} is ambiguous: {' or '.join(matches)}?", ctx)
+            if matches:
+                arg = matches[0] + equals + value
+        whole.append(arg)
+    return whole
+
+
+class Commands(click.Group):
+    """The ``chunkq`` group: every command returns its exit code, and a closed stdout ends any
+    of them (help included) quietly. Click's own handling would exit 1 for it."""
+
+    command_class = Command
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        with _quiet_if_stdout_closes():  # --help and --version print while parsing
+            return super().make_context(info_name, args, parent, **extra)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # in the order they are defined: up first, as in the README
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _quiet_if_stdout_closes():
+            code = super().invoke(ctx)
+        ctx.exit(int(code))
+
+
+class Age(click.ParamType):
+    """An age in seconds: a number, or a number followed by s, m, h or d (``90m``, ``7d``)."""
+
+    name = "age"
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float):  # already converted (a default given as a number)
+            return value
+        text = str(value)
+        number, unit = (text[:-1], text[-1]) if text[-1:] in self.units else (text, "s")
+        try:
+            seconds = float(number) * self.units[unit]
+        except ValueError:
+            self.fail(f"not an age: {text!r} (try 3600, 90m, 12h or 7d)", param, ctx)
+        # float() takes nan, inf and 1e400 (inf); none of them is a time ago PostgreSQL can use.
+        if not math.isfinite(seconds):
+            self.fail(f"not a finite age: {text!r} (try 3600, 12h or 7d)", param, ctx)
+        if seconds < 0:
+            self.fail(f"must not be negative: {text!r}", param, ctx)
+        if seconds > MAX_AGE_S:
+            self.fail(f"must be at most {MAX_AGE_S // 86400}d: {text!r}", param, ctx)
+        return seconds
+
+
+@click.group(
+    "chunkq",
+    cls=Commands,
+    # A bare `chunkq` is a usage error (exit 2) on every click version, not help and exit 0.
+    no_args_is_help=False,
+    epilog=EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+)
+@click.version_option(package_name="chunkq", prog_name="chunkq", message="%(prog)s %(version)s")
+def cli() -> None:
+    """Analyse long texts reliably: chunked, queued in PostgreSQL, merged in order."""
+
+
+def _count(least: int) -> click.IntRange:
+    return click.IntRange(min=least)
+
+
+@cli.command(short_help="Run the API and workers (and PostgreSQL, unless DATABASE_URL).")
+@click.option("--workers", type=_count(0), default=2, metavar="N", help="Worker processes.")
+@click.option(
+    "--concurrency", type=_count(1), default=8, metavar="N", help="Chunks in flight per worker."
+)
+@click.option(
+    "--port",
+    type=_count(0),
+    default=8000,
+    envvar="PORT",
+    show_envvar=True,
+    metavar="N",
+    help="API port on 127.0.0.1 (0: any free one).",
+)
+@click.option(
+    "--web-workers", type=_count(1), default=2, metavar="N", help="gunicorn worker processes."
+)
+def up(workers: int, concurrency: int, port: int, web_workers: int) -> int:
+    """Serve the API on 127.0.0.1 and run workers until SIGINT/SIGTERM.
+
+    Uses DATABASE_URL if set, else an embedded PostgreSQL with data in $CHUNKQ_HOME (default
+    ./.chunkq). Exits 0 after a clean stop, 1 if startup fails, 2 for a bad setting or when
+    the embedded PostgreSQL is not installed.
+    """
+    from chunkq.up import run_up
+
+    return run_up(workers=workers, concurrency=concurrency, port=port, web_workers=web_workers)
+
+
+def _follow_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options ``submit`` and ``status`` share: which server, and whether to follow."""
+    command = click.option(
+        "--interval", type=float, default=0.5, metavar="S", help="Seconds between polls."
+    )(command)
+    command = click.option(
+        "--url",
+        default="http://127.0.0.1:8000",
+        envvar="CHUNKQ_URL",
+        show_envvar=True,
+        metavar="URL",
+        help="The chunkq server.",
+    )(command)
+    return click.option(
+        "--wait", is_flag=True, help="Follow the job to the end, then print its final JSON."
+    )(command)
+
+
+@cli.command(short_help="Submit a text for analysis (--wait: follow it to the end).", epilog=EPILOG)
+@click.argument("file", metavar="FILE")
+@click.option("--max-chunk-chars", type=int, default=2000, metavar="N", help="The longest chunk.")
+@_follow_options
+def submit(file: str, max_chunk_chars: int, wait: bool, url: str, interval: float) -> int:
+    """Submit a text for analysis.
+
+    FILE is a UTF-8 text file, or - for stdin. Prints the accepted job as JSON; with --wait,
+    shows progress on stderr and prints the final report.
+    """
+    from chunkq.client import submit_file
+
+    return submit_file(file, url=url, max_chunk_chars=max_chunk_chars, wait=wait, interval=interval)
+
+
+@cli.command(short_help="Show a job's report (--wait: follow it to the end).", epilog=EPILOG)
+@click.argument("job_id", metavar="JOB_ID")
+@_follow_options
+def status(job_id: str, wait: bool, url: str, interval: float) -> int:
+    """Show a job's report as JSON (with --wait: follow it to the end)."""
+    from chunkq.client import show_status
+
+    return show_status(job_id, url=url, wait=wait, interval=interval)
+
+
+@cli.command(short_help="Apply the migrations to DATABASE_URL or the embedded database.")
+def migrate() -> int:
+    """Apply database migrations to DATABASE_URL, or to the embedded PostgreSQL."""
+    from chunkq.database import run_migrate
+
+    return run_migrate()
+
+
+@cli.command(short_help="Stop an embedded PostgreSQL that a crashed `up` left running.")
+def down() -> int:
+    """Stop an embedded PostgreSQL left running under $CHUNKQ_HOME (after a crash of up).
+
+    Exits 0 when it is stopped or none was running, 1 while a chunkq process still uses it.
+    """
+    from chunkq.database import run_down
+
+    return run_down()
+
+
+@cli.command(short_help="Delete jobs that finished long ago, with all their rows.")
+@click.option(
+    "--older-than",
+    type=Age(),
+    default="7d",
+    metavar="AGE",
+    help="How long ago they finished: seconds, or a number with s, m, h or d.",
+)
+def prune(older_than: float) -> int:
+    """Delete jobs that finished long ago, with their chunks and attempt log.
+
+    Uses DATABASE_URL, or the embedded PostgreSQL. A finished job whose reduce step is
+    still pending or running is kept.
+    """
+    from chunkq.database import run_prune
+
+    return run_prune(older_than)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script: parse, run one command, return its exit code."""
+    # Ctrl-C is how `submit --wait` and `status --wait` are meant to end (exit 130), so the
+    # handler is ours to install: Python only sets up KeyboardInterrupt when SIGINT was not
+    # ignored at start, and a parent (a CI runner, `cmd &` in a script) may have ignored it.
+    # `up` installs its own handlers over this one.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return int(cli.main(args=argv, prog_name="chunkq", standalone_mode=False))
+    except click.ClickException as exc:  # a usage error: exit 2, as before
+        exc.show()
+        return exc.exit_code
+    except click.Abort:  # Ctrl-C in a command that does not handle it itself
+        say("interrupted")
+        return EXIT_INTERRUPTED

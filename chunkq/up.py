@@ -1,0 +1,119 @@
+"""``chunkq up``: the all-in-one run. Opens the database (DATABASE_URL or the embedded
+one), migrates it, serves the API with gunicorn and runs ``python -m workerd`` workers under
+the supervisor, until SIGINT/SIGTERM stops them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from errno import EADDRINUSE
+
+import httpx
+
+from chunkq.console import say
+from chunkq.database import close_database, migrate, open_database, startup_errors
+from chunkq.exits import CommandError
+from chunkq.supervisor import Child, Supervisor, exit_text
+
+GUNICORN_GRACE_S = 10  # requests are short by design; in-flight ones get this long on stop
+STOP_MARGIN_S = 10  # on top of the longest grace, before stragglers are killed
+READY_TIMEOUT_S = 60
+
+
+def run_up(*, workers: int, concurrency: int, port: int, web_workers: int) -> int:
+    """Database, migrations, gunicorn and workers in one supervised process tree.
+
+    Exits 0 after a clean stop, 1 if startup fails, 2 for a bad setting or when the
+    embedded PostgreSQL is not installed.
+    """
+    from workerd.settings import Settings
+
+    try:
+        # Checked here once, or every worker would fail on it and be restarted forever.
+        grace = Settings.from_env().shutdown_grace_s
+    except ValueError as exc:
+        say(str(exc))
+        return 2
+    try:
+        # We own the socket and hand it to gunicorn: a busy port fails here, before any
+        # slow startup, and a restarted gunicorn finds connections waiting in the backlog.
+        listener = socket.create_server(("127.0.0.1", port), reuse_port=False)
+    except OSError as exc:
+        hint = " (another chunkq up?); choose --port or PORT" if exc.errno == EADDRINUSE else ""
+        say(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}{hint}")
+        return 1
+    port = listener.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    sup = Supervisor(dict(os.environ), (listener.fileno(),))
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, sup.on_signal) for sig in handled}
+    db = None
+    try:
+        db = open_database(adopt=True)
+        if not sup.signals:
+            migrate(db.url)
+        if sup.signals:
+            return 0
+        sup.env["DATABASE_URL"] = db.url
+        gunicorn = Child("gunicorn", gunicorn_argv(listener.fileno(), web_workers))
+        sup.spawn(gunicorn)
+        for i in range(1, workers + 1):
+            worker = [sys.executable, "-m", "workerd", "--concurrency", str(concurrency)]
+            sup.spawn(Child(f"worker-{i}", worker))
+        if not _wait_ready(sup, gunicorn, base):
+            return 0 if sup.signals else 1
+        hint = "" if port == 8000 else f"CHUNKQ_URL={base} "
+        print(f"chunkq is up: {base}  (database: {db.label})", flush=True)
+        print(f"  submit a text: {hint}chunkq submit FILE --wait\n  stop: Ctrl-C", flush=True)
+        while not sup.signals:
+            sup.tick()
+            sup.wait(0.25)
+        say("stopping")
+        return 0
+    except CommandError as exc:
+        say(str(exc))
+        return exc.code
+    except startup_errors() as exc:
+        say(f"startup failed ({db.label if db else 'database'}): {exc}")
+        return 1
+    finally:
+        sup.stop(max(grace, GUNICORN_GRACE_S) + STOP_MARGIN_S)
+        listener.close()
+        if db is not None:
+            close_database(db)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sup.close()
+
+
+def gunicorn_argv(fd: int, workers: int) -> list[str]:
+    """The API server's command line: gunicorn with the project's config, on socket ``fd``."""
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:web.gunicorn_conf"]
+    argv += ["--bind", f"fd://{fd}", "--workers", str(workers)]
+    argv += ["--graceful-timeout", str(GUNICORN_GRACE_S)]
+    return [*argv, "web:create_app()"]
+
+
+def _wait_ready(sup: Supervisor, gunicorn: Child, base: str) -> bool:
+    """Until /readyz answers 200; False if gunicorn gives up, time runs out or we are stopped."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not sup.signals:
+        if gunicorn.proc is not None and (code := gunicorn.proc.poll()) is not None:
+            say(f"the API server (gunicorn) {exit_text(code)} before answering; see its log above")
+            return False
+        sup.tick()  # workers that die meanwhile are restarted as usual
+        # Short timeout: our socket queues the request until gunicorn's first worker boots,
+        # and a long wait here would hide a gunicorn that died meanwhile.
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base}/readyz", timeout=0.5).status_code == 200:
+                return True
+        if time.monotonic() > deadline:
+            say(f"the API was not ready at {base}/readyz within {READY_TIMEOUT_S}s")
+            return False
+        sup.wait(0.1)
+    return False
