@@ -4,7 +4,6 @@ HTTP on loopback and a real PostgreSQL."""
 
 from __future__ import annotations
 
-import ast
 import importlib.metadata
 import itertools
 import json
@@ -353,22 +352,6 @@ def test_help_and_version__import_no_web_framework_database_or_http_library() ->
     assert "click" in before
     assert before & (HEAVY | {"web", "workerd", "schema"}) == set()
     assert "httpx" in after  # the check does see an import when there is one
-
-
-def test_layering__web_workerd_and_schema_never_import_chunkq() -> None:
-    found = []
-    for package in ("web", "workerd", "schema"):
-        for path in sorted((ROOT / package).rglob("*.py")):
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.Import):
-                    names = [alias.name for alias in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                    names = [node.module or ""]
-                else:
-                    continue
-                found += [f"{path.relative_to(ROOT)}: {name}" for name in names]
-    assert found, "no imports found at all: the scan is broken"
-    assert [line for line in found if line.split(": ")[1].partition(".")[0] == "chunkq"] == []
 
 
 # -- a reader that goes away ---------------------------------------------------------------

@@ -1,10 +1,10 @@
 """Every statement that moves ``jobs.status`` or ``chunks.status``: the queue's one home.
 
 One module per transition: ``enqueue`` (a new job), ``claim`` (the lease: claim, heartbeat,
-release, and what is due), ``record`` (an attempt's outcome), ``finalize`` (a job's terminal status and merged
-result), ``rescue`` (expired leases), ``cancel``, and ``reductions`` (the optional reduce step,
-a unit of work of its own). ``outcomes`` holds the values they exchange, ``sql`` the shared
-SQL vocabulary.
+release, and what is due), ``record`` (an attempt's outcome), ``finalize`` (a job's terminal
+status and merged result), ``rescue`` (expired leases), ``cancel``, and ``reductions`` (the
+optional reduce step, a unit of work of its own). ``outcomes`` holds the values they
+exchange, ``sql`` the shared SQL vocabulary.
 
 Each function is one statement or one short transaction on a psycopg connection whose
 transaction the caller owns. ``now`` is passed in so tests can move a fake clock; ``None``
