@@ -166,10 +166,22 @@ def up(workers: int, concurrency: int, port: int, web_workers: int) -> int:
     return run_up(workers=workers, concurrency=concurrency, port=port, web_workers=web_workers)
 
 
+def _poll_interval(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """``--interval``: a finite number of seconds (float() also takes nan and inf)."""
+    if not math.isfinite(value) or value < 0 or value > 3600:
+        raise click.BadParameter(f"must be a number of seconds from 0 to 3600, not {value}")
+    return value
+
+
 def _follow_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options ``submit`` and ``status`` share: which server, and whether to follow."""
     command = click.option(
-        "--interval", type=float, default=0.5, metavar="S", help="Seconds between polls."
+        "--interval",
+        type=float,
+        default=0.5,
+        metavar="S",
+        callback=_poll_interval,
+        help="Seconds between polls (0.05 to 3600).",
     )(command)
     command = click.option(
         "--url",

@@ -212,7 +212,17 @@ def test_version__is_the_installed_distributions() -> None:
     assert script.value == "chunkq.cli:main"
 
 
-@pytest.mark.parametrize("args", [[], ["nope"], ["submit"], ["status"], ["up", "--nope"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["nope"],
+        ["submit"],
+        ["status"],
+        ["up", "--nope"],
+        *(["status", "J", "--interval", bad] for bad in ("nan", "inf", "-1", "1e9")),
+    ],
+)
 def test_usage_errors__exit_2_and_say_what_is_wrong(args: list[str]) -> None:
     done = invoke(*args)
     assert done.exit_code == 2
