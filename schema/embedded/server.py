@@ -24,7 +24,7 @@ from schema.embedded.conf import (
     write_conf,
 )
 from schema.embedded.locks import ClusterLocks
-from schema.embedded.postmaster import remove_stale_pidfile, running_postmaster
+from schema.embedded.postmaster import Postmaster, remove_stale_pidfile, running_postmaster
 from schema.embedded.programs import (
     LOG_NAME,
     PG_MAJOR,
@@ -77,7 +77,7 @@ class EmbeddedPostgres:
 
     def is_running(self) -> bool:
         """True when postmaster.pid names a live postgres process."""
-        return running_postmaster(self.datadir) is not None
+        return self._postmaster() is not None
 
     def start(self) -> str:
         """initdb if needed, start unless already running, wait until it accepts connections."""
@@ -155,7 +155,7 @@ class EmbeddedPostgres:
         return self.url
 
     def _stop(self, mode: str) -> None:
-        info = running_postmaster(self.datadir)
+        info = self._postmaster()
         if info is None:
             return
         try:
@@ -163,13 +163,13 @@ class EmbeddedPostgres:
             self._pg_ctl("stop", "-m", mode)
             return
         except EmbeddedServerError:
-            if running_postmaster(self.datadir) is None:
+            if self._postmaster() is None:
                 return  # it stopped anyway (e.g. pg_ctl lost access to the datadir's parents)
         # pg_ctl itself only sends this signal and waits, so doing it ourselves is equivalent.
         with contextlib.suppress(ProcessLookupError):
             os.kill(info.pid, _STOP_SIGNALS[mode])
         deadline = time.monotonic() + TIMEOUT_S
-        while running_postmaster(self.datadir) is not None:
+        while self._postmaster() is not None:
             if time.monotonic() > deadline:
                 raise EmbeddedServerError(f"server did not stop\n{log_tail(self.log_path)}")
             time.sleep(0.05)
@@ -193,8 +193,12 @@ class EmbeddedPostgres:
             args.append("--no-sync")  # the caller gave up durability; skip fsyncing new files
         run_pg(programs / "initdb", *args, log_path=self.log_path)
 
+    def _postmaster(self) -> Postmaster | None:
+        """(pid, port, status) of the live postmaster, or None when there is none."""
+        return running_postmaster(self.datadir)
+
     def _running_port(self) -> int | None:
-        info = running_postmaster(self.datadir)
+        info = self._postmaster()
         return info.port if info else None
 
     def _wait_until_ready_if_running(self) -> bool:
@@ -202,7 +206,7 @@ class EmbeddedPostgres:
         import psycopg
 
         deadline = time.monotonic() + TIMEOUT_S
-        while (info := running_postmaster(self.datadir)) is not None:
+        while (info := self._postmaster()) is not None:
             if info.status == "ready" and info.port is not None:
                 url = f"postgresql://{SUPERUSER}@{HOST}:{info.port}/postgres"
                 with contextlib.suppress(psycopg.OperationalError):
