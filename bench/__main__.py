@@ -43,8 +43,8 @@ memory     Peak RSS of ``python -m workerd --concurrency 64`` draining at 50 ms,
            flask, sqlalchemy"``.
 
 Each module's docstring says exactly what it measures and how.
-A benchmark module has NAME and ``run(ctx: bench.harness.Context) -> list[Figure]``;
-``bench/chaos.py`` joins the suite when it defines those.
+A benchmark module has NAME and ``run(ctx: bench.harness.Context) -> list[Figure]``. The
+chaos soak (``python -m bench.chaos``, minutes of faults) is a command of its own.
 """
 
 from __future__ import annotations
@@ -79,7 +79,6 @@ MODULES = (
     "backlog",
     "memory",
 )
-OPTIONAL = ("chaos",)  # written elsewhere; run when present and shaped like the others
 
 
 def benchmarks() -> dict[str, ModuleType]:
@@ -87,18 +86,6 @@ def benchmarks() -> dict[str, ModuleType]:
     for name in MODULES:
         module = importlib.import_module(f"bench.{name}")
         found[module.NAME] = module
-    for name in OPTIONAL:
-        try:
-            module = importlib.import_module(f"bench.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"bench.{name}":
-                print(f"bench.{name} not loaded: {exc}", file=sys.stderr)
-            continue
-        except Exception as exc:  # someone else's module, maybe mid-edit: never fatal here
-            print(f"bench.{name} not loaded: {exc!r}", file=sys.stderr)
-            continue
-        if callable(getattr(module, "run", None)):
-            found[getattr(module, "NAME", name)] = module
     return found
 
 

@@ -1,5 +1,7 @@
 """What an OpenAI-compatible server's failure means for the chunk: retry, pause, split or fail.
 
+A failure is an error answer, a request that got no answer, or a reply cut off mid-way.
+
 Classified as OpenAI's and Anthropic's Python SDKs do, plus what real servers were seen to
 answer (llama.cpp rejects an unknown ``response_format`` with a 500 that names it).
 """
@@ -22,6 +24,8 @@ from workerd.providers.base import (
     ProviderUnavailable,
     RetryableError,
 )
+from workerd.providers.completions import Completion
+from workerd.providers.replies import BadReply
 
 _QUOTE_CHARS = 200  # of a body we cannot read
 _MESSAGE_CHARS = 1000  # of a server's error message
@@ -115,6 +119,27 @@ def transport_error(exc: httpx.HTTPError, url: str) -> ProviderError:
     if isinstance(exc, httpx.TransportError):
         return ProviderUnavailable(text)
     return RetryableError(text)
+
+
+def cut_off(reply: Completion, max_tokens: int) -> ContextOverflow | BadReply | None:
+    """The exception for a reply that stopped for lack of room (``finish_reason`` "length"),
+    None for one that was not cut off: ContextOverflow when the prompt must shrink, BadReply
+    when the reply used all of ``max_tokens``."""
+    if reply.finish_reason != "length":
+        return None
+    usage = reply.usage
+    got = usage["completion_tokens"]
+    if got < max_tokens:
+        # The server gave the reply less room than max_tokens (llama.cpp does so when
+        # prompt + max_tokens exceed its context): the prompt must shrink.
+        return ContextOverflow(
+            f"reply cut off after {got} tokens of max_tokens={max_tokens}"
+            f" (prompt {usage['prompt_tokens']} tokens): prompt and reply exceed the"
+            " model's context"
+        )
+    return BadReply(
+        f"reply cut off at max_tokens={max_tokens} (raise CHUNKQ_MAX_TOKENS)", reply.content
+    )
 
 
 def _error_fields(response: httpx.Response) -> tuple[str, Any, Any, Any]:

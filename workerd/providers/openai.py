@@ -3,54 +3,45 @@
 Speaks to OpenAI and to the servers that copy its API (vLLM, Ollama, llama.cpp, LiteLLM):
 
 - asks for the analysis schema as structured output, falling back to simpler formats when
-  a server rejects one, and checks every reply against the schema (``replies``);
+  a server rejects one (``formats``), and checks every reply against the schema
+  (``replies``);
 - splits a chunk the model's context cannot hold, keeping the pieces that succeeded;
-- reduces a document in a tree when its analyses do not fit one call;
+- reduces a document in a tree when its analyses do not fit one call (``reduce_tree``);
 - bounds every call by its attempt's deadline, and lets the worker cut a call off (with
-  ``stream``, closing the connection also makes the server stop generating).
+  ``stream``, closing the connection also makes the server stop generating; ``client``).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import math
-import threading
 from typing import Any
 
 import httpx
 
 from schema.chunking import split_text
-from schema.merging import combine, summarize_analyses, usage_of
-from workerd.providers.abortable import AbortableTransport, abort_thread, forget_thread
-from workerd.providers.base import Call, ContextOverflow, InvalidReply, ProviderError
-from workerd.providers.classify import FormatRejected, classify, transport_error
-from workerd.providers.completions import Completion, from_body, from_events
+from schema.merging import combine, summarize_analyses
+from workerd.providers.base import Call, ContextOverflow, InvalidReply
+from workerd.providers.classify import FormatRejected, cut_off
+from workerd.providers.client import ChatClient
+from workerd.providers.completions import Completion
+from workerd.providers.formats import FORMATS, FormatChoice, response_format_body
 from workerd.providers.prompts import DEFAULT_PROMPT, REDUCE_PROMPT, SYSTEM_PROMPT
-from workerd.providers.replies import ANALYSIS_SCHEMA, SCHEMA_NAME, BadReply, parse_reply, quote
+from workerd.providers.reduce_tree import ReduceTree
+from workerd.providers.replies import BadReply, parse_reply, quote
 
 log = logging.getLogger("workerd.openai")
 
 MAX_SPLIT_DEPTH = 6
 MIN_SPLIT_CHARS = 50
 REDUCE_BUDGET_CHARS = 24_000  # at most this much input per reduce call (~6,000 tokens)
-MAX_REDUCE_DEPTH = 12
-# Structured-output formats, best first: OpenAI/vLLM/Ollama take json_schema; llama.cpp's
-# server takes a schema inside json_object; then any JSON; then the prompt alone.
-FORMATS = ("json_schema", "json_object+schema", "json_object", "prompt")
 # The sampling of the one extra try after a reply that fails the schema.
 RETRY_TEMPERATURE = 0.7
 
-# Building an SSL context (loading the CA bundle) takes ~0.1 s; one is shared by every client.
-_ssl_context = functools.cache(httpx.create_ssl_context)
-
 
 class OpenAIProvider:
-    """Analyses chunks with a chat-completions model; safe to call from many threads.
-
-    One ``httpx.Client`` (thread-safe, pooled keep-alive connections) serves every thread.
-    """
+    """Analyses chunks with a chat-completions model; safe to call from many threads."""
 
     name = "openai"
 
@@ -97,22 +88,17 @@ class OpenAIProvider:
         self.reduce_budget_chars = reduce_budget_chars
         self.prompt_template = prompt_template or DEFAULT_PROMPT
         self.reduce_template = reduce_template or REDUCE_PROMPT
-        headers = {"User-Agent": "chunkq"}
-        if api_key and api_key.strip():  # Ollama and vLLM run without one
-            headers["Authorization"] = f"Bearer {api_key.strip()}"
-        self._client = httpx.Client(
-            headers=headers,
-            # No cap on connections: the worker's concurrency (and any provider cap) bounds
-            # them; idle ones are kept for reuse.
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-            transport=transport or AbortableTransport(verify=_ssl_context()),
+        self._client = ChatClient(
+            self.base_url,
+            api_key,
+            timeout_connect=timeout_connect,
+            timeout_read=timeout_read,
+            retry_after_cap_s=retry_after_cap_s,
+            transport=transport,
         )
-        self._endpoint = f"{self.base_url}/chat/completions"
         # The circuit breaker's key: workers calling the same server share one circuit.
         self.endpoint = f"openai {self.base_url} {self.model}"
-        # Index into FORMATS of the best format this server accepted; only moves forward.
-        self._format = 0
-        self._format_lock = threading.Lock()
+        self._formats = FormatChoice(self.base_url)
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -127,9 +113,7 @@ class OpenAIProvider:
     @property
     def response_format(self) -> str:
         """The structured-output format requests use now (one of FORMATS)."""
-        return FORMATS[self._format]
-
-    # -- the server ----------------------------------------------------------------------
+        return self._formats.name
 
     def check_server(self) -> list[str]:
         """Ask ``GET /models`` which models the server serves; warnings for the operator.
@@ -137,25 +121,7 @@ class OpenAIProvider:
         Servers that serve one model often answer any name with it (llama.cpp echoes the
         name asked for), so this is the only place a wrong CHUNKQ_MODEL shows.
         """
-        try:
-            response = self._client.get(
-                f"{self.base_url}/models", timeout=httpx.Timeout(5.0, connect=3.0)
-            )
-        except httpx.HTTPError as exc:
-            return [f"cannot list the models at {self.base_url}/models: {exc!r}"]
-        if response.status_code == 404:
-            return []  # the server has no model list; nothing to check against
-        try:
-            ids = [str(m["id"]) for m in response.json()["data"]]
-        except (ValueError, LookupError, TypeError):
-            return [f"GET {self.base_url}/models answered {response.status_code}, not a list"]
-        if self.model not in ids:
-            served = ", ".join(ids[:10]) or "none"
-            return [
-                f"CHUNKQ_MODEL={self.model!r} is not among the models {self.base_url} serves"
-                f" ({served}); replies may come from another model"
-            ]
-        return []
+        return self._client.check_model(self.model)
 
     # -- one chunk -----------------------------------------------------------------------
 
@@ -222,62 +188,12 @@ class OpenAIProvider:
         hold is halved; a single part that alone overflows is shortened (``truncated``).
         """
         call = call or Call(self.attempt_timeout_s)
-        leaves = [_section(a.get("index"), a.get("result") or {}) for a in analyses]
-        tree = _Tree()
-        level = leaves
-        while True:
-            results = [self._reduce_group(g, 0, call, tree) for g in self._groups(level)]
-            tree.levels += 1
-            if len(results) == 1:
-                break
-            level = [_section(f"g{i}", r) for i, r in enumerate(results)]
-        top = results[0]
-        return {
-            **top,
-            "usage": tree.usage,
-            "chunks": len(analyses),
-            "levels": tree.levels,
-            "calls": tree.calls,
-            "truncated": tree.truncated,
-        }
-
-    def _groups(self, sections: list[str]) -> list[list[str]]:
-        """Consecutive sections, as few groups as fit the budget (at least one per group)."""
-        groups: list[list[str]] = [[]]
-        size = 0
-        for section in sections:
-            if groups[-1] and size + len(section) > self.reduce_budget_chars:
-                groups.append([])
-                size = 0
-            groups[-1].append(section)
-            size += len(section) + 1
-        return groups
-
-    def _reduce_group(
-        self, sections: list[str], depth: int, call: Call, tree: _Tree
-    ) -> dict[str, Any]:
-        try:
-            tree.calls += 1
-            result = self._ask(
-                self.reduce_template.replace("{sections}", "\n".join(sections)), call
-            )
-            tree.add(result)
-            return result
-        except ContextOverflow:
-            if depth >= MAX_REDUCE_DEPTH:
-                raise
-        if len(sections) > 1:
-            half = len(sections) // 2
-            parts = [
-                self._reduce_group(sections[:half], depth + 1, call, tree),
-                self._reduce_group(sections[half:], depth + 1, call, tree),
-            ]
-            return self._reduce_group(
-                [_section(f"h{i}", r) for i, r in enumerate(parts)], depth + 1, call, tree
-            )
-        tree.truncated = True
-        [section] = sections
-        return self._reduce_group([_shorten(section)], depth + 1, call, tree)
+        tree = ReduceTree(
+            lambda content: self._ask(content, call),
+            self.reduce_template,
+            self.reduce_budget_chars,
+        )
+        return tree.run(analyses)
 
     def summarize(self, results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
         """Chunk count, length-weighted sentiment, first key points, token totals, summaries."""
@@ -307,7 +223,7 @@ class OpenAIProvider:
     def _complete(self, user_content: str, call: Call, *, retry: bool) -> dict[str, Any]:
         """One chat-completions request, in the best format the server accepts."""
         while True:
-            index = self._format
+            index = self._formats.index
             payload: dict[str, Any] = {
                 "model": self.model,
                 "messages": [
@@ -326,139 +242,20 @@ class OpenAIProvider:
             if response_format is not None:
                 payload["response_format"] = response_format
             try:
-                return self._parse(self._post(payload, call))
+                return self._parse(self._client.post(payload, call))
             except FormatRejected as exc:
-                if not self._fall_back(index, exc):
+                if not self._formats.fall_back(index, exc):
                     raise
-
-    def _fall_back(self, index: int, exc: ProviderError) -> bool:
-        """Move on from format ``index`` after the server rejected it; False at the last."""
-        with self._format_lock:
-            if self._format == index:
-                if index + 1 >= len(FORMATS):
-                    return False
-                self._format = index + 1
-                log.warning(
-                    "%s rejected response_format %s (%s); using %s from now on",
-                    self.base_url,
-                    FORMATS[index],
-                    exc.message[:200],
-                    FORMATS[index + 1],
-                )
-        return True
-
-    def _post(self, payload: dict[str, Any], call: Call) -> Completion:
-        """POST within the call's deadline; the worker's abort shuts the connection down.
-
-        The reply is read piece by piece and the deadline checked between pieces, so a server
-        that trickles bytes is cut off on time (httpx's own read timeout is per read).
-        """
-        call.check()
-        left = call.remaining()
-        read = left if self.timeout_read is None else min(self.timeout_read, left)
-        # A Call without a deadline leaves only the read timeout, if any (None: no limit).
-        timeout = httpx.Timeout(
-            None if math.isinf(read) else read, connect=min(self.timeout_connect, left)
-        )
-        ident = threading.get_ident()
-
-        def abort() -> None:
-            abort_thread(ident)
-
-        try:
-            with (
-                call.abortable(abort),
-                self._client.stream(
-                    "POST", self._endpoint, json=payload, timeout=timeout
-                ) as response,
-            ):
-                kind = response.headers.get("content-type", "")
-                if response.is_success and kind.startswith("text/event-stream"):
-                    return from_events(response.iter_raw(), call.check)
-                body = bytearray()
-                for piece in response.iter_raw():
-                    body += piece
-                    call.check()
-                if not response.is_success:
-                    plain = httpx.Response(
-                        response.status_code,
-                        headers=response.headers,
-                        content=bytes(body),
-                        request=response.request,
-                    )
-                    raise classify(plain, retry_after_cap_s=self.retry_after_cap_s)
-                return from_body(bytes(body))
-        except httpx.HTTPError as exc:  # timeouts, refused, reset, DNS, protocol errors
-            call.check()  # cut off by the deadline or the worker: say so, not "read error"
-            raise transport_error(exc, self._endpoint) from exc
-        finally:
-            forget_thread(ident)
 
     def _parse(self, reply: Completion) -> dict[str, Any]:
         """The analysis in a reply; ContextOverflow when it was cut off for lack of room."""
-        usage = reply.usage
-        if reply.finish_reason == "length":
-            got = usage["completion_tokens"]
-            if got < self.max_tokens:
-                # The server gave the reply less room than max_tokens (llama.cpp does so when
-                # prompt + max_tokens exceed its context): the prompt must shrink.
-                raise ContextOverflow(
-                    f"reply cut off after {got} tokens of max_tokens={self.max_tokens}"
-                    f" (prompt {usage['prompt_tokens']} tokens): prompt and reply exceed the"
-                    " model's context"
-                )
-            raise BadReply(
-                f"reply cut off at max_tokens={self.max_tokens} (raise CHUNKQ_MAX_TOKENS)",
-                reply.content,
-            )
+        error = cut_off(reply, self.max_tokens)
+        if error is not None:
+            raise error
         analysis = parse_reply(reply.content)
         return {
             **analysis,
             "model": reply.model or self.model,
             "finish_reason": reply.finish_reason,
-            "usage": usage,
+            "usage": reply.usage,
         }
-
-
-class _Tree:
-    """What one reduce did: calls, levels, tokens, and whether any input was shortened."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.levels = 0
-        self.truncated = False
-        self.usage = usage_of({})
-
-    def add(self, result: dict[str, Any]) -> None:
-        for key, value in usage_of(result.get("usage")).items():
-            self.usage[key] += value
-
-
-def response_format_body(name: str) -> dict[str, Any] | None:
-    """The request's ``response_format`` for format ``name`` (of FORMATS); None: none."""
-    if name == "json_schema":
-        return {
-            "type": "json_schema",
-            "json_schema": {"name": SCHEMA_NAME, "schema": ANALYSIS_SCHEMA, "strict": True},
-        }
-    if name == "json_object+schema":
-        return {"type": "json_object", "schema": ANALYSIS_SCHEMA}
-    if name == "json_object":
-        return {"type": "json_object"}
-    return None
-
-
-def _section(label: Any, result: dict[str, Any]) -> str:
-    """One part of the reduce prompt: an analysis's summary and key points."""
-    body = str(result.get("summary", ""))
-    if result.get("key_points"):
-        body += "\nKey points: " + "; ".join(str(p) for p in result["key_points"])
-    return f"<part index={label}>\n{body}\n</part>"
-
-
-def _shorten(section: str) -> str:
-    """A section cut to about half its length at a word boundary, still closed by its tag."""
-    head, _, rest = section.partition("\n")
-    body = rest.removesuffix("\n</part>")
-    keep = body[: max(1, len(body) // 2)].rsplit(" ", 1)[0]
-    return f"{head}\n{keep}…\n</part>"

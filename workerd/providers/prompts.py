@@ -1,4 +1,5 @@
-"""The messages the ``openai`` provider sends: system prompt, chunk and reduce templates.
+"""The messages the ``openai`` provider sends: system prompt, chunk and reduce templates, and
+the sections a reduce prompt is made of.
 
 Templates use plain placeholder replacement (``{text}``, ``{sections}``), not str.format, so
 a custom template may show literal JSON braces. CHUNKQ_PROMPT_FILE and
@@ -8,6 +9,7 @@ CHUNKQ_REDUCE_PROMPT_FILE override the two defaults.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 SYSTEM_PROMPT = (
     "You are a careful text analyst. Reply with one JSON object and nothing else: "
@@ -53,3 +55,19 @@ def load_template(path: str | None, variable: str, placeholder: str) -> str | No
     if placeholder not in template:
         raise ValueError(f"{variable}={path!r} must contain the placeholder {placeholder}")
     return template
+
+
+def reduce_section(label: Any, result: dict[str, Any]) -> str:
+    """One part of the reduce prompt: an analysis's summary and key points."""
+    body = str(result.get("summary", ""))
+    if result.get("key_points"):
+        body += "\nKey points: " + "; ".join(str(p) for p in result["key_points"])
+    return f"<part index={label}>\n{body}\n</part>"
+
+
+def shorten_section(section: str) -> str:
+    """A section cut to about half its length at a word boundary, still closed by its tag."""
+    head, _, rest = section.partition("\n")
+    body = rest.removesuffix("\n</part>")
+    keep = body[: max(1, len(body) // 2)].rsplit(" ", 1)[0]
+    return f"{head}\n{keep}…\n</part>"
