@@ -1,14 +1,24 @@
-"""Helpers shared by the tests: submitting jobs straight into the queue, reading state."""
+"""Helpers shared by the tests: submitting jobs straight into the queue, reading state,
+and stepping a worker (``run_once``, no threads) until something holds."""
 
 from __future__ import annotations
 
+import functools
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
 from schema import queue
 from schema.chunking import split_text
+from schema.db import connect
+from workerd.settings import Settings
+from workerd.worker import Worker
+
+# Retries at once (no backoff), three attempts: a failing chunk ends within a few steps.
+FAST = Settings(backoff_base_s=0.0, backoff_max_s=0.0, max_attempts=3)
 
 
 def submit(db: psycopg.Connection[Any], text: str, max_chars: int, **options: Any) -> uuid.UUID:
@@ -57,3 +67,38 @@ def assert_invariants(db: psycopg.Connection[Any]) -> None:
              AND c.status IN ('pending', 'running')"""
     ).fetchall()
     assert unfinished == [], f"terminal jobs with unfinished chunks: {unfinished}"
+
+
+def terminal(db: psycopg.Connection[Any], job_id: uuid.UUID) -> bool:
+    return job_row(db, job_id)["status"] not in ("PENDING", "PROCESSING")
+
+
+def make_worker(url: str, provider: Any, settings: Settings = FAST, **kwargs: Any) -> Worker:
+    """A Worker on this database, its connections' timeouts sized to its lease."""
+    connect_ = functools.partial(connect, url, autocommit=True, lease_s=settings.lease_s)
+    return Worker(settings, provider, connect_, **kwargs)
+
+
+def step_until(
+    worker: Worker, done: Callable[[], Any], steps: int = 200, pause: float = 0.0
+) -> None:
+    """Call ``worker.run_once()`` until ``done()`` holds; fail after ``steps`` steps."""
+    for _ in range(steps):
+        worker.run_once()
+        if done():
+            return
+        time.sleep(pause)
+    raise AssertionError(f"condition not reached in {steps} steps")
+
+
+def drain(
+    worker: Worker, db: psycopg.Connection[Any], job_id: uuid.UUID, steps: int = 200
+) -> dict[str, Any]:
+    """Step the worker until the job is terminal; returns its row."""
+    try:
+        step_until(worker, lambda: terminal(db, job_id), steps)
+    except AssertionError:
+        raise AssertionError(
+            f"job {job_id} not terminal after {steps} steps: {job_row(db, job_id)}"
+        ) from None
+    return job_row(db, job_id)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import signal
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,31 +18,19 @@ from schema import queue, reductions
 from schema.db import bound, connect, make_engine, session_timeouts
 from schema.queue import Success
 from tests.processes import ROOT, start_worker, stop, wait_for
-from tests.support import assert_invariants, chunk_rows, job_row, submit
+from tests.support import (
+    assert_invariants,
+    chunk_rows,
+    job_row,
+    make_worker,
+    step_until,
+    submit,
+    terminal,
+)
 from workerd.providers import BuiltinProvider, SimulatedProvider
 from workerd.settings import Settings
-from workerd.worker import Worker
 
-FAST = Settings(backoff_base_s=0.0, backoff_max_s=0.0, max_attempts=3)
 TEXT = "\n\n".join(f"Paragraph {i} is about topic {i}." for i in range(6))
-
-
-def make_worker(url: str, provider: Any, settings: Settings = FAST, **kwargs: Any) -> Worker:
-    connect_ = functools.partial(connect, url, autocommit=True, lease_s=settings.lease_s)
-    return Worker(settings, provider, connect_, **kwargs)
-
-
-def step_until(worker: Worker, done: Any, steps: int = 200, pause: float = 0.0) -> None:
-    for _ in range(steps):
-        worker.run_once()
-        if done():
-            return
-        time.sleep(pause)
-    raise AssertionError("condition not reached")
-
-
-def terminal(db: psycopg.Connection[Any], job_id: uuid.UUID) -> bool:
-    return job_row(db, job_id)["status"] not in ("PENDING", "PROCESSING")
 
 
 class MergeFails(SimulatedProvider):
@@ -271,6 +257,7 @@ def test_paused_process_holding_a_job_row__the_server_ends_its_session_and_the_j
             thread.start()
             assert done.wait(20), "the jobs did not finish while the lock holder was paused"
             thread.join(5)
+            assert not thread.is_alive(), "the stepping thread did not end after setting done"
         assert paused_state(paused.pid) == "T"  # still stopped: the server freed its lock
         assert job_row(db, held)["status"] == "COMPLETED"
         assert job_row(db, free)["status"] == "COMPLETED"

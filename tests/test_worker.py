@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import random
 import threading
 import time
@@ -14,31 +13,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from schema.db import connect
-from tests.support import assert_invariants, chunk_rows, job_row, submit
+from tests.support import assert_invariants, chunk_rows, drain, job_row, make_worker, submit
 from workerd.providers import RetryableError, SimulatedProvider
 from workerd.retry import backoff
 from workerd.settings import Settings
-from workerd.worker import Worker
-
-FAST = Settings(backoff_base_s=0.0, backoff_max_s=0.0, max_attempts=3)
-
-
-def make_worker(url: str, provider: Any, settings: Settings = FAST, **kwargs: Any) -> Worker:
-    return Worker(settings, provider, functools.partial(connect, url, autocommit=True), **kwargs)
-
-
-def drain(
-    worker: Worker, db: psycopg.Connection[Any], job_id: uuid.UUID, steps: int = 200
-) -> dict[str, Any]:
-    """Step the worker until the job is terminal (no threads, no sleeps)."""
-    for _ in range(steps):
-        worker.run_once()
-        row = job_row(db, job_id)
-        if row["status"] not in ("PENDING", "PROCESSING"):
-            return row
-    raise AssertionError(f"job {job_id} not terminal after {steps} steps: {job_row(db, job_id)}")
-
 
 PARAGRAPHS = "\n\n".join(f"Paragraph {i} talks about topic {i}." for i in range(8))
 
@@ -201,11 +179,14 @@ def test_race__many_threads_drain_many_jobs_each_chunk_and_job_finished_once(
         finally:
             worker.close()
 
-    threads = [threading.Thread(target=run) for _ in range(8)]
+    # Daemon threads: one that never ends fails the assertion below instead of hanging pytest.
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
+    stuck = [thread.name for thread in threads if thread.is_alive()]
+    assert stuck == [], f"worker threads still running after 120 s: {stuck}"
     assert errors == []
     assert sorted(finalized) == sorted(jobs) and set(finalized.values()) == {1}
     per_chunk = db.execute(
@@ -276,7 +257,7 @@ def test_submit__goes_through_while_every_worker_slot_is_stuck_in_a_provider_cal
         slow.stop()
         provider.release.set()
         thread.join(timeout=10)
-    assert not thread.is_alive()
+    assert not thread.is_alive(), "Worker.run did not return within 10 s of stop()"
 
 
 @pytest.mark.parametrize(
