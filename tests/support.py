@@ -1,5 +1,6 @@
 """Helpers shared by the tests: submitting jobs straight into the queue, reading state,
-and stepping a worker (``run_once``, no threads) until something holds."""
+auditing status changes, and stepping a worker (``run_once``, no threads) until something
+holds."""
 
 from __future__ import annotations
 
@@ -102,3 +103,47 @@ def drain(
             f"job {job_id} not terminal after {steps} steps: {job_row(db, job_id)}"
         ) from None
     return job_row(db, job_id)
+
+
+# Every row written to jobs, chunks and reductions and every change of its status, recorded
+# by triggers: what the SQL really did, not what the final state suggests. ``seq`` is the
+# chunk's (NULL for jobs and reductions); ``old_status`` is NULL for an insert.
+AUDIT = """
+CREATE SCHEMA audit;
+CREATE TABLE audit.moves (id bigserial PRIMARY KEY, tbl text NOT NULL, job_id uuid NOT NULL,
+                          seq int, old_status text, new_status text NOT NULL);
+CREATE FUNCTION audit.log_move() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE old_status text; BEGIN
+    IF TG_OP = 'UPDATE' THEN old_status := OLD.status; END IF;
+    INSERT INTO audit.moves (tbl, job_id, seq, old_status, new_status)
+    VALUES (TG_TABLE_NAME, (to_jsonb(NEW) ->> TG_ARGV[0])::uuid, (to_jsonb(NEW) ->> 'seq')::int,
+            old_status, NEW.status);
+    RETURN NULL;
+END $$;
+"""
+_AUDITED = {"jobs": "id", "chunks": "job_id", "reductions": "job_id"}
+
+
+def install_audit(db: psycopg.Connection[Any]) -> None:
+    """Start recording status changes in ``audit.moves`` (see ``moves``)."""
+    with db.transaction():
+        db.execute(AUDIT)
+        for table, key in _AUDITED.items():
+            db.execute(
+                f"""CREATE TRIGGER audit_insert AFTER INSERT ON {table} FOR EACH ROW
+                    EXECUTE FUNCTION audit.log_move('{key}');
+                    CREATE TRIGGER audit_update AFTER UPDATE ON {table} FOR EACH ROW
+                    WHEN (OLD.status IS DISTINCT FROM NEW.status)
+                    EXECUTE FUNCTION audit.log_move('{key}')"""
+            )
+
+
+def moves(
+    db: psycopg.Connection[Any], table: str
+) -> list[tuple[uuid.UUID, int | None, str | None, str]]:
+    """What ``install_audit`` recorded on ``table`` so far, in order:
+    (job id, seq, old status, new status)."""
+    return db.execute(
+        "SELECT job_id, seq, old_status, new_status FROM audit.moves WHERE tbl = %s ORDER BY id",
+        (table,),
+    ).fetchall()

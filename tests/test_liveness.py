@@ -21,8 +21,10 @@ from tests.processes import ROOT, start_worker, stop, wait_for
 from tests.support import (
     assert_invariants,
     chunk_rows,
+    install_audit,
     job_row,
     make_worker,
+    moves,
     step_until,
     submit,
     terminal,
@@ -182,13 +184,7 @@ def test_job_row_held_elsewhere__its_chunks_give_back_their_slots_and_are_not_cl
 def test_pending_job_row_held_at_its_first_claim__it_still_goes_through_processing(
     database_url: str, db: psycopg.Connection[Any]
 ) -> None:
-    db.execute(
-        """CREATE TABLE job_log (old text, new text);
-           CREATE FUNCTION log_job() RETURNS trigger LANGUAGE plpgsql AS $$
-           BEGIN INSERT INTO job_log VALUES (OLD.status, NEW.status); RETURN NEW; END $$;
-           CREATE TRIGGER log_job AFTER UPDATE OF status ON jobs FOR EACH ROW
-           WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION log_job();"""
-    )
+    install_audit(db)
     job_id = submit(db, TEXT, 40)
     worker = make_worker(database_url, SimulatedProvider(), concurrency=16)
     try:
@@ -199,8 +195,8 @@ def test_pending_job_row_held_at_its_first_claim__it_still_goes_through_processi
         step_until(worker, lambda: terminal(db, job_id), steps=100, pause=0.01)
     finally:
         worker.close()
-    moves = db.execute("SELECT old, new FROM job_log").fetchall()
-    assert moves == [("PENDING", "PROCESSING"), ("PROCESSING", "COMPLETED")]
+    made = [(old, new) for _, _, old, new in moves(db, "jobs")]
+    assert made == [(None, "PENDING"), ("PENDING", "PROCESSING"), ("PROCESSING", "COMPLETED")]
 
 
 def test_rescue__skips_a_held_job_row_instead_of_waiting_on_it(

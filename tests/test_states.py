@@ -19,7 +19,7 @@ from schema.states import (
     JobStatus,
     ReduceStatus,
 )
-from tests.support import chunk_rows, job_row, make_worker, submit
+from tests.support import chunk_rows, install_audit, job_row, make_worker, moves, submit
 from workerd.providers import PermanentError, RetryableError, SimulatedProvider
 
 
@@ -103,33 +103,6 @@ TABLES: dict[str, Mapping[Any, frozenset[Any]]] = {
 # Where a row starts: web's submit writes PENDING jobs and pending chunks, the finalizer
 # pending reductions.
 ENTRIES = {("jobs", "PENDING"), ("chunks", "pending"), ("reductions", "pending")}
-
-# Every row written and every status change, by a trigger on the three tables, with the job
-# each row belongs to (so a stray move can be traced to the scenario that made it).
-AUDIT = """
-CREATE SCHEMA audit;
-CREATE TABLE audit.moves (id bigserial PRIMARY KEY, tbl text NOT NULL, job_id uuid NOT NULL,
-                          old_status text, new_status text NOT NULL);
-CREATE FUNCTION audit.log_move() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE old_status text; BEGIN
-    IF TG_OP = 'UPDATE' THEN old_status := OLD.status; END IF;
-    INSERT INTO audit.moves (tbl, job_id, old_status, new_status)
-    VALUES (TG_TABLE_NAME, (to_jsonb(NEW) ->> TG_ARGV[0])::uuid, old_status, NEW.status);
-    RETURN NULL;
-END $$;
-CREATE TRIGGER audit_insert AFTER INSERT ON jobs
-    FOR EACH ROW EXECUTE FUNCTION audit.log_move('id');
-CREATE TRIGGER audit_update AFTER UPDATE ON jobs FOR EACH ROW
-    WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION audit.log_move('id');
-CREATE TRIGGER audit_insert AFTER INSERT ON chunks
-    FOR EACH ROW EXECUTE FUNCTION audit.log_move('job_id');
-CREATE TRIGGER audit_update AFTER UPDATE ON chunks FOR EACH ROW
-    WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION audit.log_move('job_id');
-CREATE TRIGGER audit_insert AFTER INSERT ON reductions
-    FOR EACH ROW EXECUTE FUNCTION audit.log_move('job_id');
-CREATE TRIGGER audit_update AFTER UPDATE ON reductions FOR EACH ROW
-    WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION audit.log_move('job_id');
-"""
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 TEXT = "\n\n".join(f"Paragraph {i} is about topic {i}." for i in range(4))
@@ -272,10 +245,10 @@ def _drive_every_scenario(database_url: str, db: psycopg.Connection[Any]) -> dic
 def test_transitions__the_sql_makes_exactly_the_moves_of_the_transition_tables(
     database_url: str, db: psycopg.Connection[Any]
 ) -> None:
-    db.execute(AUDIT)
+    install_audit(db)
     played = _drive_every_scenario(database_url, db)
-    moves = db.execute("SELECT tbl, job_id, old_status, new_status FROM audit.moves").fetchall()
-    assert {job_id for _, job_id, _, _ in moves} == set(played)
+    made = [(tbl, *move) for tbl in TABLES for move in moves(db, tbl)]
+    assert {job_id for _, job_id, _, _, _ in made} == set(played)
 
     allowed = {
         (tbl, old.value, new.value)
@@ -284,11 +257,11 @@ def test_transitions__the_sql_makes_exactly_the_moves_of_the_transition_tables(
         for new in news
     }
     seen: dict[tuple[str, str, str], set[str]] = {}
-    for tbl, job_id, old, new in moves:
+    for tbl, job_id, _seq, old, new in made:
         if old is not None:
             seen.setdefault((tbl, old, new), set()).add(played[job_id])
     illegal = {move: sorted(names) for move, names in seen.items() if move not in allowed}
     assert illegal == {}, "moves the transition tables do not allow (move: scenarios)"
     assert sorted(allowed - set(seen)) == [], "moves in the tables that no scenario made"
-    entries = {(tbl, new) for tbl, _, old, new in moves if old is None}
+    entries = {(tbl, new) for tbl, _, _, old, new in made if old is None}
     assert entries == ENTRIES
