@@ -71,6 +71,7 @@ def assert_invariants(db: psycopg.Connection[Any]) -> None:
 
 
 def terminal(db: psycopg.Connection[Any], job_id: uuid.UUID) -> bool:
+    """Whether the job has reached one of its terminal statuses."""
     return job_row(db, job_id)["status"] not in ("PENDING", "PROCESSING")
 
 
