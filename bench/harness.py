@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import make_url
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.processes import ROOT, wait_for
 
 
 class BenchError(RuntimeError):
@@ -167,12 +166,5 @@ class Context:
 
 
 def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.01) -> Any:
-    """Poll ``predicate`` until truthy; BenchError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    """tests.processes.wait_for, raising BenchError after ``timeout`` seconds."""
+    return wait_for(predicate, timeout, what, interval, error=BenchError)

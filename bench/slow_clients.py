@@ -29,7 +29,8 @@ import psycopg
 from alembic import command
 
 from bench.harness import ROOT, BenchError, Server, alembic_config, wait_until
-from bench.procs import environment, free_port, stop
+from bench.procs import environment
+from tests.processes import free_port, stop
 from tests.slowloris import SlowClients
 
 GTHREAD = """\

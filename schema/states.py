@@ -91,3 +91,16 @@ class ReduceStatus(enum.StrEnum):
     SUCCEEDED = "succeeded"
     # Terminal: attempts used up or a permanent error; the per-chunk results stay intact.
     FAILED = "failed"
+
+
+# A claim starts a reduction, its owner finishes it, retries it or hands it back, and a claim
+# fails one whose lost attempts reached the limit (a claim taking over an expired lease
+# leaves it running: no transition).
+REDUCE_TRANSITIONS: dict[ReduceStatus, frozenset[ReduceStatus]] = {
+    ReduceStatus.PENDING: frozenset({ReduceStatus.RUNNING}),
+    ReduceStatus.RUNNING: frozenset(
+        {ReduceStatus.SUCCEEDED, ReduceStatus.PENDING, ReduceStatus.FAILED}
+    ),
+    ReduceStatus.SUCCEEDED: frozenset(),
+    ReduceStatus.FAILED: frozenset(),
+}

@@ -1,14 +1,25 @@
-"""Helpers shared by the tests: submitting jobs straight into the queue, reading state."""
+"""Helpers shared by the tests: submitting jobs straight into the queue, reading state,
+auditing status changes, and stepping a worker (``run_once``, no threads) until something
+holds."""
 
 from __future__ import annotations
 
+import functools
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
 from schema import queue
 from schema.chunking import split_text
+from schema.db import connect
+from workerd.settings import Settings
+from workerd.worker import Worker
+
+# Retries at once (no backoff), three attempts: a failing chunk ends within a few steps.
+FAST = Settings(backoff_base_s=0.0, backoff_max_s=0.0, max_attempts=3)
 
 
 def submit(db: psycopg.Connection[Any], text: str, max_chars: int, **options: Any) -> uuid.UUID:
@@ -57,3 +68,83 @@ def assert_invariants(db: psycopg.Connection[Any]) -> None:
              AND c.status IN ('pending', 'running')"""
     ).fetchall()
     assert unfinished == [], f"terminal jobs with unfinished chunks: {unfinished}"
+
+
+def terminal(db: psycopg.Connection[Any], job_id: uuid.UUID) -> bool:
+    """Whether the job has reached one of its terminal statuses."""
+    return job_row(db, job_id)["status"] not in ("PENDING", "PROCESSING")
+
+
+def make_worker(url: str, provider: Any, settings: Settings = FAST, **kwargs: Any) -> Worker:
+    """A Worker on this database, its connections' timeouts sized to its lease."""
+    connect_ = functools.partial(connect, url, autocommit=True, lease_s=settings.lease_s)
+    return Worker(settings, provider, connect_, **kwargs)
+
+
+def step_until(
+    worker: Worker, done: Callable[[], Any], steps: int = 200, pause: float = 0.0
+) -> None:
+    """Call ``worker.run_once()`` until ``done()`` holds; fail after ``steps`` steps."""
+    for _ in range(steps):
+        worker.run_once()
+        if done():
+            return
+        time.sleep(pause)
+    raise AssertionError(f"condition not reached in {steps} steps")
+
+
+def drain(
+    worker: Worker, db: psycopg.Connection[Any], job_id: uuid.UUID, steps: int = 200
+) -> dict[str, Any]:
+    """Step the worker until the job is terminal; returns its row."""
+    try:
+        step_until(worker, lambda: terminal(db, job_id), steps)
+    except AssertionError:
+        raise AssertionError(
+            f"job {job_id} not terminal after {steps} steps: {job_row(db, job_id)}"
+        ) from None
+    return job_row(db, job_id)
+
+
+# Every row written to jobs, chunks and reductions and every change of its status, recorded
+# by triggers: what the SQL really did, not what the final state suggests. ``seq`` is the
+# chunk's (NULL for jobs and reductions); ``old_status`` is NULL for an insert.
+AUDIT = """
+CREATE SCHEMA audit;
+CREATE TABLE audit.moves (id bigserial PRIMARY KEY, tbl text NOT NULL, job_id uuid NOT NULL,
+                          seq int, old_status text, new_status text NOT NULL);
+CREATE FUNCTION audit.log_move() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE old_status text; BEGIN
+    IF TG_OP = 'UPDATE' THEN old_status := OLD.status; END IF;
+    INSERT INTO audit.moves (tbl, job_id, seq, old_status, new_status)
+    VALUES (TG_TABLE_NAME, (to_jsonb(NEW) ->> TG_ARGV[0])::uuid, (to_jsonb(NEW) ->> 'seq')::int,
+            old_status, NEW.status);
+    RETURN NULL;
+END $$;
+"""
+_AUDITED = {"jobs": "id", "chunks": "job_id", "reductions": "job_id"}
+
+
+def install_audit(db: psycopg.Connection[Any]) -> None:
+    """Start recording status changes in ``audit.moves`` (see ``moves``)."""
+    with db.transaction():
+        db.execute(AUDIT)
+        for table, key in _AUDITED.items():
+            db.execute(
+                f"""CREATE TRIGGER audit_insert AFTER INSERT ON {table} FOR EACH ROW
+                    EXECUTE FUNCTION audit.log_move('{key}');
+                    CREATE TRIGGER audit_update AFTER UPDATE ON {table} FOR EACH ROW
+                    WHEN (OLD.status IS DISTINCT FROM NEW.status)
+                    EXECUTE FUNCTION audit.log_move('{key}')"""
+            )
+
+
+def moves(
+    db: psycopg.Connection[Any], table: str
+) -> list[tuple[uuid.UUID, int | None, str | None, str]]:
+    """What ``install_audit`` recorded on ``table`` so far, in order:
+    (job id, seq, old status, new status)."""
+    return db.execute(
+        "SELECT job_id, seq, old_status, new_status FROM audit.moves WHERE tbl = %s ORDER BY id",
+        (table,),
+    ).fetchall()

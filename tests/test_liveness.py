@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import signal
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,31 +18,21 @@ from schema import queue
 from schema.db import bound, connect, make_engine, session_timeouts
 from schema.queue import Success, reductions
 from tests.processes import ROOT, start_worker, stop, wait_for
-from tests.support import assert_invariants, chunk_rows, job_row, submit
+from tests.support import (
+    assert_invariants,
+    chunk_rows,
+    install_audit,
+    job_row,
+    make_worker,
+    moves,
+    step_until,
+    submit,
+    terminal,
+)
 from workerd.providers import BuiltinProvider, SimulatedProvider
 from workerd.settings import Settings
-from workerd.worker import Worker
 
-FAST = Settings(backoff_base_s=0.0, backoff_max_s=0.0, max_attempts=3)
 TEXT = "\n\n".join(f"Paragraph {i} is about topic {i}." for i in range(6))
-
-
-def make_worker(url: str, provider: Any, settings: Settings = FAST, **kwargs: Any) -> Worker:
-    connect_ = functools.partial(connect, url, autocommit=True, lease_s=settings.lease_s)
-    return Worker(settings, provider, connect_, **kwargs)
-
-
-def step_until(worker: Worker, done: Any, steps: int = 200, pause: float = 0.0) -> None:
-    for _ in range(steps):
-        worker.run_once()
-        if done():
-            return
-        time.sleep(pause)
-    raise AssertionError("condition not reached")
-
-
-def terminal(db: psycopg.Connection[Any], job_id: uuid.UUID) -> bool:
-    return job_row(db, job_id)["status"] not in ("PENDING", "PROCESSING")
 
 
 class MergeFails(SimulatedProvider):
@@ -196,13 +184,7 @@ def test_job_row_held_elsewhere__its_chunks_give_back_their_slots_and_are_not_cl
 def test_pending_job_row_held_at_its_first_claim__it_still_goes_through_processing(
     database_url: str, db: psycopg.Connection[Any]
 ) -> None:
-    db.execute(
-        """CREATE TABLE job_log (old text, new text);
-           CREATE FUNCTION log_job() RETURNS trigger LANGUAGE plpgsql AS $$
-           BEGIN INSERT INTO job_log VALUES (OLD.status, NEW.status); RETURN NEW; END $$;
-           CREATE TRIGGER log_job AFTER UPDATE OF status ON jobs FOR EACH ROW
-           WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION log_job();"""
-    )
+    install_audit(db)
     job_id = submit(db, TEXT, 40)
     worker = make_worker(database_url, SimulatedProvider(), concurrency=16)
     try:
@@ -213,8 +195,8 @@ def test_pending_job_row_held_at_its_first_claim__it_still_goes_through_processi
         step_until(worker, lambda: terminal(db, job_id), steps=100, pause=0.01)
     finally:
         worker.close()
-    moves = db.execute("SELECT old, new FROM job_log").fetchall()
-    assert moves == [("PENDING", "PROCESSING"), ("PROCESSING", "COMPLETED")]
+    made = [(old, new) for _, _, old, new in moves(db, "jobs")]
+    assert made == [(None, "PENDING"), ("PENDING", "PROCESSING"), ("PROCESSING", "COMPLETED")]
 
 
 def test_rescue__skips_a_held_job_row_instead_of_waiting_on_it(
@@ -271,6 +253,7 @@ def test_paused_process_holding_a_job_row__the_server_ends_its_session_and_the_j
             thread.start()
             assert done.wait(20), "the jobs did not finish while the lock holder was paused"
             thread.join(5)
+            assert not thread.is_alive(), "the stepping thread did not end after setting done"
         assert paused_state(paused.pid) == "T"  # still stopped: the server freed its lock
         assert job_row(db, held)["status"] == "COMPLETED"
         assert job_row(db, free)["status"] == "COMPLETED"
@@ -532,7 +515,7 @@ def test_hung_database__the_api_answers_503_within_seconds_and_recovers(
 def test_session_ended_for_idling_in_a_transaction__is_a_lost_connection_not_a_bug(
     database_url: str,
 ) -> None:
-    from workerd.worker import DatabaseDown
+    from workerd.database import DatabaseDown
 
     settings = Settings(lease_s=1.2)  # idle in a transaction for 0.6 s at most
     worker = make_worker(database_url, SimulatedProvider(), settings)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -49,13 +51,23 @@ def record(
         return queue.record(conn, me, outcomes, merge, now=at(now))
 
 
+@contextmanager
+def short_lock_wait(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """A transaction on ``conn`` in which waiting for a lock fails at once (LockNotAvailable)
+    instead of waiting for a holder that this same test thread would only release later."""
+    with conn.transaction():
+        conn.execute("SET LOCAL lock_timeout = '200ms'")
+        yield
+
+
 def test_claim__skips_locked_rows(db: psycopg.Connection[Any], other: Any) -> None:
     submit(db, "aaaa bbbb", 5)
     with db.transaction():
         mine = queue.claim(db, "A", 1, lease_s=30, now=at(0))
         assert len(mine) == 1
         # A still holds its row lock: B must skip that row, not wait for it.
-        theirs = claim(other, "B", 10)
+        with short_lock_wait(other):
+            theirs = queue.claim(other, "B", 10, lease_s=30, now=at(0))
         assert [c.seq for c in theirs] == [1 - mine[0].seq]
     assert claim(other, "B", 10) == []
 
@@ -218,8 +230,11 @@ def test_claim__shared_cap_counts_running_chunks_of_every_worker(
     with db.transaction():
         mine = queue.claim(db, "A", 8, lease_s=30, now=at(0), cap=3)
         assert len(mine) == 3
-        # B blocks on the advisory lock until A commits, then sees A's three running.
-    with other.transaction():
+        # While A's transaction is open, B's capped claim waits on the advisory lock.
+        with pytest.raises(psycopg.errors.LockNotAvailable), short_lock_wait(other):
+            queue.claim(other, "B", 8, lease_s=30, now=at(0), cap=3)
+    # A committed: B takes the lock and sees A's three running.
+    with short_lock_wait(other):
         assert queue.claim(other, "B", 8, lease_s=30, now=at(0), cap=3) == []
     record(db, "A", [Success(mine[0], {})])
     with other.transaction():

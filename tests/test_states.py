@@ -1,21 +1,28 @@
-"""The Python state enums and the database CHECK constraints must agree."""
+"""The state machines: the database's CHECKs list the Python enums, and the queue's SQL moves
+rows only along the transition tables of schema.states, every one of which it uses."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
 import pytest
 
+from schema import queue
+from schema.queue import reductions
 from schema.states import (
     CHUNK_TRANSITIONS,
     JOB_TRANSITIONS,
-    TERMINAL_JOB_STATUSES,
+    REDUCE_TRANSITIONS,
     ChunkStatus,
     JobStatus,
     ReduceStatus,
 )
+from tests.support import chunk_rows, install_audit, job_row, make_worker, moves, submit
+from workerd.providers import PermanentError, RetryableError, SimulatedProvider
 
 
 def _insert_job(db: psycopg.Connection[Any], status: str) -> uuid.UUID:
@@ -76,10 +83,175 @@ def test_check_constraints__list_exactly_the_enum_values(db: psycopg.Connection[
         assert quoted == {m.value for m in enum_cls}, definition
 
 
-def test_transitions__terminal_states_have_no_exit() -> None:
-    assert {s for s, nxt in JOB_TRANSITIONS.items() if not nxt} == TERMINAL_JOB_STATUSES
-    assert set(JOB_TRANSITIONS) == set(JobStatus)
-    assert set(CHUNK_TRANSITIONS) == set(ChunkStatus)
-    for status in TERMINAL_JOB_STATUSES:
-        assert status.terminal
-    assert not JobStatus.PROCESSING.terminal
+# --- the transitions the SQL really makes -------------------------------------------------
+
+TABLES: dict[str, Mapping[Any, frozenset[Any]]] = {
+    "jobs": JOB_TRANSITIONS,
+    "chunks": CHUNK_TRANSITIONS,
+    "reductions": REDUCE_TRANSITIONS,
+}
+# Where a row starts: web's submit writes PENDING jobs and pending chunks, the finalizer
+# pending reductions.
+ENTRIES = {("jobs", "PENDING"), ("chunks", "pending"), ("reductions", "pending")}
+
+T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+TEXT = "\n\n".join(f"Paragraph {i} is about topic {i}." for i in range(4))
+merge = queue.merge_with(SimulatedProvider().summarize)
+
+
+def at(seconds: float) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+class FirstAttemptFails(SimulatedProvider):
+    """Each chunk's first attempt, and the first reduce, fail with a retryable error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tried: set[str] = set()
+        self.reduces = 0
+
+    def analyze(self, text: str, call: Any = None) -> dict[str, Any]:
+        if text not in self.tried:
+            self.tried.add(text)
+            raise RetryableError("first attempt fails")
+        return super().analyze(text, call)
+
+    def reduce(self, analyses: list[dict[str, Any]], call: Any = None) -> dict[str, Any]:
+        self.reduces += 1
+        if self.reduces == 1:
+            raise RetryableError("first reduce fails")
+        return super().reduce(analyses, call)
+
+
+class ReduceRefused(SimulatedProvider):
+    def reduce(self, analyses: list[dict[str, Any]], call: Any = None) -> dict[str, Any]:
+        raise PermanentError("the model refused the summary")
+
+
+def _run_worker(database_url: str, provider: Any) -> None:
+    """Step a worker (no threads) until it has nothing left: chunks, finalization, reduce."""
+    worker = make_worker(database_url, provider, concurrency=4)
+    try:
+        for _ in range(100):
+            if not worker.run_once().busy:
+                return
+        raise AssertionError("the worker was still busy after 100 steps")
+    finally:
+        worker.close()
+
+
+def _reduce_status(db: psycopg.Connection[Any], job_id: uuid.UUID) -> str | None:
+    row = db.execute("SELECT status FROM reductions WHERE job_id = %s", (job_id,)).fetchone()
+    return row[0] if row else None
+
+
+def _drive_every_scenario(database_url: str, db: psycopg.Connection[Any]) -> dict[uuid.UUID, str]:
+    """Run each scenario on its own job through the worker or the queue functions, check
+    where it ended, and return which job played which scenario."""
+    played: dict[uuid.UUID, str] = {}
+
+    def play(name: str, text: str, max_chars: int = 40, **options: Any) -> uuid.UUID:
+        job_id = submit(db, text, max_chars, **options)
+        played[job_id] = name
+        return job_id
+
+    def ended(job_id: uuid.UUID, status: JobStatus, reduce: str | None = None) -> None:
+        got = (job_row(db, job_id)["status"], _reduce_status(db, job_id))
+        assert got == (status, reduce), f"{played[job_id]} ended {got}"
+
+    job = play("success, then its reduce", TEXT, reduce=True)
+    _run_worker(database_url, SimulatedProvider())
+    ended(job, JobStatus.COMPLETED, "succeeded")
+
+    job = play("a retry then success, and a retried reduce", TEXT, reduce=True)
+    _run_worker(database_url, FirstAttemptFails())
+    ended(job, JobStatus.COMPLETED, "succeeded")
+    assert {r["attempts"] for r in chunk_rows(db, job)} == {2}
+
+    job = play("retries exhausted", TEXT)
+    _run_worker(database_url, SimulatedProvider(fail_rate=1.0))
+    ended(job, JobStatus.FAILED)
+
+    job = play("some chunks fail, and the reduce is refused", TEXT, reduce=True)
+    _run_worker(database_url, ReduceRefused(fail_pattern="topic 2"))
+    ended(job, JobStatus.PARTIAL_SUCCESS, "failed")
+
+    job = play("cancelled before any claim", TEXT)
+    with db.transaction():
+        queue.cancel(db, job, merge)
+    ended(job, JobStatus.CANCELLED)
+
+    job = play("cancelled with a chunk running", TEXT)
+    with db.transaction():
+        assert len(queue.claim(db, "W", 1, lease_s=30, now=at(0))) == 1
+    with db.transaction():
+        queue.cancel(db, job, merge, now=at(1))
+    assert {r["status"] for r in chunk_rows(db, job)} == {"cancelled"}
+    ended(job, JobStatus.CANCELLED)
+
+    job = play("handed back on shutdown", "one chunk", 100)
+    with db.transaction():
+        claimed = queue.claim(db, "W", 1, lease_s=30, now=at(0))
+    with db.transaction():
+        assert queue.release(db, "W", claimed, now=at(1)) == 1
+    with db.transaction():
+        [chunk] = queue.claim(db, "W", 1, lease_s=30, now=at(2))
+    with db.transaction():
+        queue.record(db, "W", [queue.Success(chunk, {"ok": 1})], merge, now=at(3))
+    ended(job, JobStatus.COMPLETED)
+
+    # The owner never reports: the first rescue requeues, the second finds the last attempt.
+    job = play("lease expired twice: rescued, then failed", "one chunk", 100)
+    with db.transaction():
+        queue.claim(db, "lost", 1, lease_s=1, now=at(0))
+    with db.transaction():
+        assert queue.rescue(db, merge, max_attempts=2, backoff_max_s=0, now=at(5))[:2] == (1, 0)
+    with db.transaction():
+        queue.claim(db, "lost", 1, lease_s=1, now=at(6))
+    with db.transaction():
+        assert queue.rescue(db, merge, max_attempts=2, now=at(10))[:2] == (0, 1)
+    ended(job, JobStatus.FAILED)
+
+    # A reduce whose worker is lost on its last attempt is failed by the next claim; one
+    # whose worker shuts down is handed back.
+    for name, lost in (("reduce lease expired", True), ("reduce handed back", False)):
+        job = play(name, "one chunk", 100, reduce=True)
+        with db.transaction():
+            [chunk] = queue.claim(db, "W", 1, lease_s=30, now=at(0))
+            queue.record(db, "W", [queue.Success(chunk, {"ok": 1})], merge, now=at(1))
+        with db.transaction():
+            reduction = reductions.claim(db, "W", lease_s=1, max_attempts=1, now=at(2))
+        assert reduction is not None and reduction.job_id == job
+        with db.transaction():
+            if lost:
+                assert reductions.claim(db, "W", lease_s=1, max_attempts=1, now=at(9)) is None
+            else:
+                assert reductions.release(db, "W", [reduction], now=at(3)) == 1
+        ended(job, JobStatus.COMPLETED, "failed" if lost else "pending")
+    return played
+
+
+def test_transitions__the_sql_makes_exactly_the_moves_of_the_transition_tables(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    install_audit(db)
+    played = _drive_every_scenario(database_url, db)
+    made = [(tbl, *move) for tbl in TABLES for move in moves(db, tbl)]
+    assert {job_id for _, job_id, _, _, _ in made} == set(played)
+
+    allowed = {
+        (tbl, old.value, new.value)
+        for tbl, table in TABLES.items()
+        for old, news in table.items()
+        for new in news
+    }
+    seen: dict[tuple[str, str, str], set[str]] = {}
+    for tbl, job_id, _seq, old, new in made:
+        if old is not None:
+            seen.setdefault((tbl, old, new), set()).add(played[job_id])
+    illegal = {move: sorted(names) for move, names in seen.items() if move not in allowed}
+    assert illegal == {}, "moves the transition tables do not allow (move: scenarios)"
+    assert sorted(allowed - set(seen)) == [], "moves in the tables that no scenario made"
+    entries = {(tbl, new) for tbl, _, _, old, new in made if old is None}
+    assert entries == ENTRIES

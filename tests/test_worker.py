@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import random
 import threading
 import time
@@ -14,32 +13,20 @@ from typing import Any
 import psycopg
 import pytest
 
-from schema.db import connect
-from tests.support import assert_invariants, chunk_rows, job_row, submit
+from tests.support import (
+    assert_invariants,
+    chunk_rows,
+    drain,
+    install_audit,
+    job_row,
+    make_worker,
+    moves,
+    submit,
+)
 from workerd import loop
 from workerd.providers import RetryableError, SimulatedProvider
 from workerd.retry import backoff
 from workerd.settings import Settings
-from workerd.worker import Worker
-
-FAST = Settings(backoff_base_s=0.0, backoff_max_s=0.0, max_attempts=3)
-
-
-def make_worker(url: str, provider: Any, settings: Settings = FAST, **kwargs: Any) -> Worker:
-    return Worker(settings, provider, functools.partial(connect, url, autocommit=True), **kwargs)
-
-
-def drain(
-    worker: Worker, db: psycopg.Connection[Any], job_id: uuid.UUID, steps: int = 200
-) -> dict[str, Any]:
-    """Step the worker until the job is terminal (no threads, no sleeps)."""
-    for _ in range(steps):
-        worker.run_once()
-        row = job_row(db, job_id)
-        if row["status"] not in ("PENDING", "PROCESSING"):
-            return row
-    raise AssertionError(f"job {job_id} not terminal after {steps} steps: {job_row(db, job_id)}")
-
 
 PARAGRAPHS = "\n\n".join(f"Paragraph {i} talks about topic {i}." for i in range(8))
 
@@ -174,14 +161,7 @@ def test_race__many_threads_drain_many_jobs_each_chunk_and_job_finished_once(
 ) -> None:
     # Count every transition to succeeded with a trigger: an exactly-once claim must be
     # observed, not inferred from the final state.
-    db.execute(
-        """CREATE TABLE succeeded_log (job_id uuid, seq int);
-           CREATE FUNCTION log_success() RETURNS trigger LANGUAGE plpgsql AS $$
-           BEGIN INSERT INTO succeeded_log VALUES (NEW.job_id, NEW.seq); RETURN NEW; END $$;
-           CREATE TRIGGER log_success AFTER UPDATE OF status ON chunks FOR EACH ROW
-           WHEN (NEW.status = 'succeeded' AND OLD.status <> 'succeeded')
-           EXECUTE FUNCTION log_success();"""
-    )
+    install_audit(db)
     jobs = [submit(db, f"job {j}: " + "lorem ipsum dolor sit amet " * 40, 50) for j in range(12)]
     total = db.execute("SELECT count(*) FROM chunks").fetchone()[0]  # type: ignore[index]
     finalized: Counter[uuid.UUID] = Counter()
@@ -202,17 +182,18 @@ def test_race__many_threads_drain_many_jobs_each_chunk_and_job_finished_once(
         finally:
             worker.close()
 
-    threads = [threading.Thread(target=run) for _ in range(8)]
+    # Daemon threads: one that never ends fails the assertion below instead of hanging pytest.
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
+    stuck = [thread.name for thread in threads if thread.is_alive()]
+    assert stuck == [], f"worker threads still running after 120 s: {stuck}"
     assert errors == []
     assert sorted(finalized) == sorted(jobs) and set(finalized.values()) == {1}
-    per_chunk = db.execute(
-        "SELECT count(*), count(DISTINCT (job_id, seq)) FROM succeeded_log"
-    ).fetchone()
-    assert per_chunk == (total, total)
+    succeeded = [(job_id, seq) for job_id, seq, _, new in moves(db, "chunks") if new == "succeeded"]
+    assert (len(succeeded), len(set(succeeded))) == (total, total)
     assert (
         db.execute(
             "SELECT count(*) FROM chunks WHERE status <> 'succeeded' OR attempts <> 1"
@@ -277,7 +258,7 @@ def test_submit__goes_through_while_every_worker_slot_is_stuck_in_a_provider_cal
         slow.stop()
         provider.release.set()
         thread.join(timeout=10)
-    assert not thread.is_alive()
+    assert not thread.is_alive(), "Worker.run did not return within 10 s of stop()"
 
 
 @pytest.mark.parametrize(
