@@ -109,7 +109,7 @@ class Worker:
         self._record(step)
         now = self.monotonic()
         changed = self.leases_changed.is_set()
-        if (self._inflight) and (changed or now >= self._next_heartbeat):
+        if self._inflight and (changed or now >= self._next_heartbeat):
             self.leases_changed.clear()
             self._heartbeat(step)
             self._next_heartbeat = now + self.settings.lease_s / 3
