@@ -31,8 +31,8 @@ from click.testing import CliRunner, Result
 
 from chunkq.cli import cli, main
 from chunkq.up import gunicorn_argv
+from tests.processes import ROOT, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 TEXT = "\n\n".join(
     # Non-ASCII on purpose: offsets are in characters, not bytes.
     f"Paragraph {i}: the caf\u00e9\u2019s queue grew \u2014 slowly, then all at once. Was it? "
@@ -75,16 +75,6 @@ def chunkq(*args: str, env: dict[str, str] | None = None, **kwargs: Any) -> Any:
         check=False,
         **kwargs,
     )
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll until ``predicate`` returns something truthy, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 def healthy(base: str) -> bool:
