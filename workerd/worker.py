@@ -24,8 +24,9 @@ from schema import queue
 from schema.queue import ClaimedChunk, reductions
 from workerd.attempts import Attempts, Outcome, key_of, label
 from workerd.circuit import Circuit
-from workerd.database import Database, DatabaseDown
+from workerd.database import Database
 from workerd.inflight import InFlight
+from workerd.leases import Leases
 from workerd.pool import AttemptPool
 from workerd.providers import Provider, can_reduce, circuit_key, merge_by_name
 from workerd.recorder import Recorder
@@ -89,6 +90,17 @@ class Worker:
             monotonic=monotonic,
         )
         self._pool: AttemptPool[Outcome] | None = None
+        self._leases = Leases(
+            self.worker_id,
+            settings,
+            self._db,
+            self._inflight,
+            self._recorder,
+            self._merge,
+            reduces=self._reduces,
+            clock=clock,
+            replace_stuck=self._replace_stuck,
+        )
         self.wake = threading.Event()
         self.stopping = threading.Event()
         # Set when a job was cancelled somewhere: check our leases now, not at the heartbeat.
@@ -111,11 +123,11 @@ class Worker:
         changed = self.leases_changed.is_set()
         if self._inflight and (changed or now >= self._next_heartbeat):
             self.leases_changed.clear()
-            self._heartbeat(step)
+            self._leases.renew(step)
             self._next_heartbeat = now + self.settings.lease_s / 3
         if now >= self._next_rescue:
             self._next_rescue = now + min(5.0, self.settings.lease_s / 2)
-            self._rescue(step)
+            self._leases.rescue(step)
         if self.stopping.is_set():
             return step
         free = self._free()
@@ -172,6 +184,11 @@ class Worker:
         """Slots free for new attempts: a deferred outcome's call is over and holds none."""
         return self.concurrency - len(self._inflight) + len(self._recorder.deferred)
 
+    def _replace_stuck(self) -> None:
+        """A fresh attempt thread beside one whose call was abandoned (no pool: nothing)."""
+        if self._pool is not None:
+            self._pool.replace_stuck()
+
     def _start(self, attempt: Callable[[], Outcome]) -> None:
         """Run an attempt on the pool, or right here when there is no pool (tests)."""
         if self._pool is not None:
@@ -193,8 +210,7 @@ class Worker:
                 continue
             self._inflight.timed_out.add(key)
             call.abort("deadline")
-            if self._pool is not None:
-                self._pool.replace_stuck()
+            self._replace_stuck()
             outcome = self._attempts.timed_out(self._inflight.claimed(key), call)
             log.warning("attempt at %s timed out; its slot is free again", label(key))
             self._recorder.unrecorded.append(outcome)
@@ -211,84 +227,9 @@ class Worker:
             force=force,
         )
 
-    def _heartbeat(self, step: Step) -> None:
-        """Renew our leases; abort the attempts whose lease we no longer hold (their job was
-        cancelled, or a rescuer took them back), freeing their slots now."""
-        chunks, reducing = self._inflight.live()
-
-        def beat(conn: psycopg.Connection[Any]) -> tuple[set[Any], set[Any]]:
-            lease, now = self.settings.lease_s, self._clock()
-            return (
-                queue.heartbeat(conn, self.worker_id, chunks, lease_s=lease, now=now),
-                reductions.heartbeat(conn, self.worker_id, reducing, lease_s=lease, now=now),
-            )
-
-        owned, owned_reductions = self._transaction(beat)
-        pending = {key_of(o) for o in self._recorder.unrecorded}
-        lost: list[Any] = [c.key for c in chunks if c.key not in owned]
-        lost += [r.job_id for r in reducing if r.job_id not in owned_reductions]
-        for key in lost:
-            if key in pending:
-                continue  # finished already; the fence refuses its write
-            call = self._inflight.calls.get(key)
-            if call is not None:
-                call.abort("lease lost")
-            if self._pool is not None:
-                self._pool.replace_stuck()
-            self._inflight.forget(key)
-            step.aborted += 1
-            log.warning("lease of %s lost (cancelled or rescued); attempt aborted", label(key))
-
-    def _rescue(self, step: Step) -> None:
-        """Take back chunks of lost workers. A rescue that fails is logged and tried again at
-        the next round; it never stops this step's claim."""
-        s = self.settings
-        try:
-            requeued, failed, finalized = self._transaction(
-                lambda conn: queue.rescue(
-                    conn,
-                    self._merge,
-                    max_attempts=s.max_attempts,
-                    backoff_base_s=s.backoff_base_s,
-                    backoff_max_s=s.backoff_max_s,
-                    now=self._clock(),
-                    reduces=self._reduces,
-                )
-            )
-        except DatabaseDown:
-            raise
-        except Exception:
-            log.exception("rescue failed; trying again at the next round")
-            return
-        if requeued or failed:
-            log.warning(
-                "rescued %d chunks from lost workers (%d failed for good)",
-                requeued + failed,
-                failed,
-            )
-        step.rescued += requeued + failed
-        step.finalized.update({k: v.value for k, v in finalized.items()})
-
     def hand_back(self) -> int:
         """Return everything still in flight to the queue without counting the attempt."""
-        chunks = list(self._inflight.chunks.values())
-        reducing = list(self._inflight.reductions.values())
-        if not chunks and not reducing:
-            return 0
-
-        def release(conn: psycopg.Connection[Any]) -> int:
-            now = self._clock()
-            return queue.release(conn, self.worker_id, chunks, now=now) + reductions.release(
-                conn, self.worker_id, reducing, now=now
-            )
-
-        released = self._transaction(release)
-        for key in [c.key for c in chunks] + [r.job_id for r in reducing]:
-            call = self._inflight.calls.get(key)
-            if call is not None:
-                call.abort("worker stopping")
-            self._inflight.forget(key)
-        return released
+        return self._leases.hand_back()
 
     def idle(self) -> bool:
         """True when nothing is due now, nothing is running anywhere, and nothing is in flight."""
