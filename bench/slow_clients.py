@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,9 +27,9 @@ import httpx
 import psycopg
 from alembic import command
 
-from bench.harness import ROOT, BenchError, Server, alembic_config, wait_until
-from bench.procs import environment
-from tests.processes import free_port, stop
+from bench.harness import Server
+from schema.migrate import alembic_config
+from tests.processes import gunicorn_process
 from tests.slowloris import SlowClients
 
 GTHREAD = """\
@@ -56,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for label, config in (("gthread 2x4 (reference)", str(reference)), ("default", None)):
             url = _database(pg)
-            with _api(url, config, Path(tmp) / f"{uuid.uuid4().hex[:6]}.log") as (base, port):
+            log = Path(tmp) / f"{uuid.uuid4().hex[:6]}.log"
+            with gunicorn_process(url, log=log, config=config, ready_s=60) as (base, _master):
+                port = int(base.rsplit(":", 1)[1])
                 with SlowClients(port, trickling=args.trickling, idle=args.idle) as slow:
                     time.sleep(2)
                     rows.append((label, "slow", _probe(base, args.seconds, args.timeout)))
@@ -87,41 +88,6 @@ def _database(pg: Server) -> str:
     url = pg.url_for(name)
     command.upgrade(alembic_config(url), "head")
     return url
-
-
-class _api:
-    """gunicorn with ``-c config`` (None: the default, gunicorn.conf.py); (base URL, port)."""
-
-    def __init__(self, url: str, config: str | None, log: Path) -> None:
-        self.port = free_port()
-        argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}"]
-        argv += ["--workers", "2", "--log-level", "warning"]
-        argv += ["-c", config] if config else []
-        self.argv = [*argv, "web:create_app()"]
-        self.url, self.log = url, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> tuple[str, int]:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                self.argv, cwd=ROOT, env=environment(self.url), stdout=out, stderr=out
-            )
-        base = f"http://127.0.0.1:{self.port}"
-
-        def healthy() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise BenchError(f"gunicorn exited; see {self.log}")
-            try:
-                return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(healthy, 60, "gunicorn", interval=0.1)
-        return base, self.port
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            stop(self.proc)
 
 
 def _probe(base: str, seconds: float, timeout: float) -> list[float]:
