@@ -19,10 +19,10 @@ from typing import Any
 
 import psycopg
 from alembic import command
-from alembic.config import Config
 from sqlalchemy.engine import make_url
 
-from tests.processes import ROOT, wait_for
+from schema.migrate import alembic_config
+from tests.processes import wait_for
 
 
 class BenchError(RuntimeError):
@@ -62,12 +62,6 @@ class Server:
     def version(self) -> str:
         with psycopg.connect(self.url, autocommit=True) as conn:
             return str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
-
-
-def alembic_config(url: str) -> Config:
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    return cfg
 
 
 @dataclass

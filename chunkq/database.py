@@ -93,23 +93,12 @@ def close_database(db: Database) -> None:
 
 def migrate(url: str) -> None:
     """``alembic upgrade head`` through alembic's API, with the project's alembic.ini if present."""
-    from alembic import command
-    from alembic.config import Config
+    from schema.migrate import MigrationsMissing, upgrade
 
-    import schema
-
-    ini = Path(__file__).resolve().parent.parent / "alembic.ini"
-    if ini.is_file():
-        cfg = Config(str(ini))
-    else:
-        # A non-editable install has no alembic.ini; the scripts travel inside `schema`.
-        scripts = Path(schema.__file__).resolve().parent / "migrations"
-        if not (scripts / "env.py").is_file():
-            raise CommandError(f"no migration scripts at {scripts}; is chunkq installed?")
-        cfg = Config()
-        cfg.set_main_option("script_location", str(scripts))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # configparser escaping
-    command.upgrade(cfg, "head")
+    try:
+        upgrade(url)
+    except MigrationsMissing as exc:
+        raise CommandError(str(exc)) from exc
 
 
 def _redact(url: str) -> str:

@@ -17,10 +17,9 @@ from typing import Any
 import psycopg
 import pytest
 from alembic import command
-from alembic.config import Config
 from sqlalchemy.engine import make_url
 
-ROOT = Path(__file__).resolve().parent.parent
+from schema.migrate import alembic_config
 
 
 class PgServer:
@@ -37,12 +36,6 @@ class PgServer:
     @property
     def controllable(self) -> bool:
         return self.embedded is not None
-
-
-def alembic_config(url: str) -> Config:
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    return cfg
 
 
 @pytest.fixture(scope="session")
