@@ -105,7 +105,7 @@ def _half_succeeded(conn: psycopg.Connection[Any], job_id: uuid.UUID, chunks: in
             for c in claimed
             if c.job_id == job_id
         ]
-        queue.record(conn, "bench-huge", outcomes, lambda results: {})
+        queue.record(conn, "bench-huge", outcomes, queue.merge_with(lambda results: {}))
 
 
 def run(ctx: Context) -> list[Figure]:

@@ -25,7 +25,8 @@ import psycopg
 
 from bench import procs, workload
 from bench.figures import Figure
-from bench.harness import ROOT, BenchError, Context, wait_until
+from bench.harness import BenchError, Context, wait_until
+from tests.processes import ROOT
 
 NAME = "memory"
 MB = 1024 * 1024
