@@ -93,6 +93,19 @@ def step_until(
     raise AssertionError(f"condition not reached in {steps} steps")
 
 
+def run_until_idle(url: str, provider: Any, *, concurrency: int = 4, steps: int = 100) -> None:
+    """Step a fresh worker (no threads) until a step finds nothing to do: chunks claimed and
+    recorded, jobs finalized, reductions run; fail after ``steps`` steps."""
+    worker = make_worker(url, provider, concurrency=concurrency)
+    try:
+        for _ in range(steps):
+            if not worker.run_once().busy:
+                return
+        raise AssertionError(f"the worker was still busy after {steps} steps")
+    finally:
+        worker.close()
+
+
 def drain(
     worker: Worker, db: psycopg.Connection[Any], job_id: uuid.UUID, steps: int = 200
 ) -> dict[str, Any]:

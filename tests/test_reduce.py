@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from typing import Any
 
 import psycopg
 from flask.testing import FlaskClient
 
-from schema.db import connect
-from tests.support import assert_invariants, job_row
+from tests.support import assert_invariants, job_row, run_until_idle
 from workerd.providers import PermanentError, SimulatedProvider
-from workerd.settings import Settings
-from workerd.worker import Worker
 
-FAST = Settings(backoff_base_s=0.0, backoff_max_s=0.0, max_attempts=3)
 TEXT = "\n\n".join(f"Section {i} says something about item {i}." for i in range(6))
-
-
-def drain_with(provider: Any, database_url: str, concurrency: int = 4) -> None:
-    """Step a worker with ``provider`` until it has nothing left to do (no threads)."""
-    connect_db = functools.partial(connect, database_url, autocommit=True)
-    worker = Worker(FAST, provider, connect_db, concurrency=concurrency)
-    try:
-        for _ in range(50):
-            if not worker.run_once().busy:
-                return
-        raise AssertionError("worker still busy")
-    finally:
-        worker.close()
 
 
 def submit(client: FlaskClient, **extra: Any) -> str:
@@ -44,7 +26,7 @@ def test_reduce__runs_after_finalization_and_lands_in_analysis_result(
 ) -> None:
     job_id = submit(client, reduce=True)
     provider = SimulatedProvider()
-    drain_with(provider, database_url)
+    run_until_idle(database_url, provider)
     body = client.get(f"/v1/analyze/{job_id}").get_json()
     assert body["status"] == "COMPLETED"
     reduce = body["analysis_result"]["reduce"]
@@ -73,7 +55,7 @@ def test_reduce__failure_is_reported_and_chunk_results_stay(
             BrokenReduce.calls += 1
             raise PermanentError("model refused the summary")
 
-    drain_with(BrokenReduce(), database_url, concurrency=4)
+    run_until_idle(database_url, BrokenReduce(), concurrency=4)
     body = client.get(f"/v1/analyze/{job_id}").get_json()
     assert body["status"] == "COMPLETED"
     result = body["analysis_result"]
@@ -99,7 +81,7 @@ def test_reduce__retryable_failure_is_retried_then_succeeds(
                 raise TimeoutError("read timed out")
             return {"ok": len(analyses)}
 
-    drain_with(FlakyReduce(), database_url, concurrency=2)
+    run_until_idle(database_url, FlakyReduce(), concurrency=2)
     reduce = client.get(f"/v1/analyze/{job_id}").get_json()["analysis_result"]["reduce"]
     assert reduce["status"] == "succeeded" and reduce["attempts"] == 2
     assert FlakyReduce.calls == 2
@@ -107,7 +89,7 @@ def test_reduce__retryable_failure_is_retried_then_succeeds(
 
 def test_reduce__not_requested_means_no_reduce(client: FlaskClient, database_url: str) -> None:
     job_id = submit(client)
-    drain_with(SimulatedProvider(), database_url, concurrency=4)
+    run_until_idle(database_url, SimulatedProvider(), concurrency=4)
     assert "reduce" not in client.get(f"/v1/analyze/{job_id}").get_json()["analysis_result"]
 
 
@@ -125,7 +107,7 @@ def test_reduce__provider_without_reduce_step_marks_it_skipped(
         def summarize(self, results: list[Any]) -> dict[str, Any]:
             return {"chunks": len(results)}
 
-    drain_with(NoReduce(), database_url)
+    run_until_idle(database_url, NoReduce())
     body = client.get(f"/v1/analyze/{job_id}").get_json()
     assert body["status"] == "COMPLETED"
     assert body["analysis_result"]["reduce"]["status"] == "skipped"

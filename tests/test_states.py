@@ -21,7 +21,14 @@ from schema.states import (
     JobStatus,
     ReduceStatus,
 )
-from tests.support import chunk_rows, install_audit, job_row, make_worker, moves, submit
+from tests.support import (
+    chunk_rows,
+    install_audit,
+    job_row,
+    moves,
+    run_until_idle,
+    submit,
+)
 from workerd.providers import PermanentError, RetryableError, SimulatedProvider
 
 
@@ -129,18 +136,6 @@ class ReduceRefused(SimulatedProvider):
         raise PermanentError("the model refused the summary")
 
 
-def _run_worker(database_url: str, provider: Any) -> None:
-    """Step a worker (no threads) until it has nothing left: chunks, finalization, reduce."""
-    worker = make_worker(database_url, provider, concurrency=4)
-    try:
-        for _ in range(100):
-            if not worker.run_once().busy:
-                return
-        raise AssertionError("the worker was still busy after 100 steps")
-    finally:
-        worker.close()
-
-
 def _reduce_status(db: psycopg.Connection[Any], job_id: uuid.UUID) -> str | None:
     row = db.execute("SELECT status FROM reductions WHERE job_id = %s", (job_id,)).fetchone()
     return row[0] if row else None
@@ -161,20 +156,20 @@ def _drive_every_scenario(database_url: str, db: psycopg.Connection[Any]) -> dic
         assert got == (status, reduce), f"{played[job_id]} ended {got}"
 
     job = play("success, then its reduce", TEXT, reduce=True)
-    _run_worker(database_url, SimulatedProvider())
+    run_until_idle(database_url, SimulatedProvider())
     ended(job, JobStatus.COMPLETED, "succeeded")
 
     job = play("a retry then success, and a retried reduce", TEXT, reduce=True)
-    _run_worker(database_url, FirstAttemptFails())
+    run_until_idle(database_url, FirstAttemptFails())
     ended(job, JobStatus.COMPLETED, "succeeded")
     assert {r["attempts"] for r in chunk_rows(db, job)} == {2}
 
     job = play("retries exhausted", TEXT)
-    _run_worker(database_url, SimulatedProvider(fail_rate=1.0))
+    run_until_idle(database_url, SimulatedProvider(fail_rate=1.0))
     ended(job, JobStatus.FAILED)
 
     job = play("some chunks fail, and the reduce is refused", TEXT, reduce=True)
-    _run_worker(database_url, ReduceRefused(fail_pattern="topic 2"))
+    run_until_idle(database_url, ReduceRefused(fail_pattern="topic 2"))
     ended(job, JobStatus.PARTIAL_SUCCESS, "failed")
 
     job = play("cancelled before any claim", TEXT)
