@@ -30,8 +30,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from chunkq.cli import cli, main
-from chunkq.up import gunicorn_argv
-from tests.processes import ROOT, wait_for
+from tests import processes
+from tests.processes import ROOT, gunicorn, wait_for
 
 TEXT = "\n\n".join(
     # Non-ASCII on purpose: offsets are in characters, not bytes.
@@ -129,23 +129,9 @@ def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
 
 @pytest.fixture
 def api(database_url: str) -> Iterator[str]:
-    """gunicorn serving the API on a free loopback port (the socket is bound here, no race)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    proc = subprocess.Popen(
-        gunicorn_argv(listener.fileno(), 1),
-        cwd=ROOT,
-        env=cli_env(DATABASE_URL=database_url, CHUNKQ_PROVIDER="simulated"),
-        pass_fds=(listener.fileno(),),
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    try:
-        wait_for(lambda: proc.poll() is not None or healthy(base), 60, "gunicorn")
-        assert proc.poll() is None, "gunicorn exited"
+    """gunicorn serving the API (simulated provider) on a free loopback port."""
+    with gunicorn(database_url, workers=1, CHUNKQ_PROVIDER="simulated") as base:
         yield base
-    finally:
-        stop_tree(proc)
-        listener.close()
 
 
 @pytest.fixture
@@ -154,9 +140,8 @@ def start_worker(database_url: str) -> Iterator[Callable[..., subprocess.Popen[b
     started: list[subprocess.Popen[bytes]] = []
 
     def start(**extra: str) -> subprocess.Popen[bytes]:
-        env = cli_env(DATABASE_URL=database_url, CHUNKQ_PROVIDER="simulated", **extra)
-        command = [sys.executable, "-m", "workerd", "--concurrency", "4"]
-        started.append(subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL))
+        env = {"CHUNKQ_PROVIDER": "simulated", "CHUNKQ_SHUTDOWN_GRACE_S": "5", **extra}
+        started.append(processes.start_worker(database_url, "--concurrency", "4", **env))
         return started[-1]
 
     try:
@@ -164,6 +149,23 @@ def start_worker(database_url: str) -> Iterator[Callable[..., subprocess.Popen[b
     finally:
         for proc in started:
             stop_tree(proc)
+
+
+@pytest.fixture
+def chunkq_home() -> Iterator[tuple[Path, Path]]:
+    """A fresh $CHUNKQ_HOME and its embedded data directory; any server left there is stopped.
+
+    mkdtemp, not tmp_path: the server runs as another user when we are root, and pytest makes
+    its own temp root 0700."""
+    from schema.embedded import EmbeddedPostgres
+
+    home = Path(tempfile.mkdtemp(prefix="chunkq-cli-home-"))
+    datadir = (home / "pgdata").resolve()
+    try:
+        yield home, datadir
+    finally:
+        EmbeddedPostgres(datadir).stop()  # a no-op unless a failed test left it running
+        shutil.rmtree(home, ignore_errors=True)
 
 
 # -- help, version, options -------------------------------------------------------------
@@ -709,102 +711,80 @@ def postgres_serving(datadir: Path) -> list[psutil.Process]:
 
 
 @pytest.mark.slow
-def test_up__embedded_database_stops_on_sigint_and_keeps_data_for_the_next_run() -> None:
-    # mkdtemp, not tmp_path: the server runs as another user when we are root, and pytest
-    # makes its own temp root 0700.
-    home = Path(tempfile.mkdtemp(prefix="chunkq-cli-home-"))
-    datadir = (home / "pgdata").resolve()
+def test_up__embedded_database_stops_on_sigint_and_keeps_data_for_the_next_run(
+    chunkq_home: tuple[Path, Path],
+) -> None:
+    home, datadir = chunkq_home
     env = cli_env(CHUNKQ_HOME=str(home), CHUNKQ_PROVIDER="simulated")
-    try:
-        with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, base, _log):
-            assert postgres_serving(datadir), "no embedded postgres serving the data dir"
-            report = submit_and_finish(base, TEXT)
-            assert report["status"] == "COMPLETED"
-            seen = children(up)
-            up.send_signal(signal.SIGINT)
-            assert up.wait(60) == 0
-        assert alive(seen) == []
-        assert postgres_serving(datadir) == []
+    with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, base, _log):
+        assert postgres_serving(datadir), "no embedded postgres serving the data dir"
+        report = submit_and_finish(base, TEXT)
+        assert report["status"] == "COMPLETED"
+        seen = children(up)
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+    assert alive(seen) == []
+    assert postgres_serving(datadir) == []
 
-        with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, base, _log):
-            again = httpx.get(f"{base}/v1/analyze/{report['job_id']}", timeout=5)
-            assert again.status_code == 200
-            assert again.json()["analysis_result"] == report["analysis_result"]
-            up.send_signal(signal.SIGINT)
-            assert up.wait(60) == 0
-        assert postgres_serving(datadir) == []
-    finally:
-        from schema.embedded import EmbeddedPostgres
-
-        EmbeddedPostgres(datadir).stop()  # a no-op unless a failed test left it running
-        shutil.rmtree(home, ignore_errors=True)
+    with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, base, _log):
+        again = httpx.get(f"{base}/v1/analyze/{report['job_id']}", timeout=5)
+        assert again.status_code == 200
+        assert again.json()["analysis_result"] == report["analysis_result"]
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+    assert postgres_serving(datadir) == []
 
 
 @pytest.mark.slow
-def test_up__adopts_the_server_a_killed_up_left_running_and_stops_it_on_exit() -> None:
-    home = Path(tempfile.mkdtemp(prefix="chunkq-cli-home-"))
-    datadir = (home / "pgdata").resolve()
+def test_up__adopts_the_server_a_killed_up_left_running_and_stops_it_on_exit(
+    chunkq_home: tuple[Path, Path],
+) -> None:
+    home, datadir = chunkq_home
     env = cli_env(CHUNKQ_HOME=str(home), CHUNKQ_PROVIDER="simulated")
-    try:
-        with chunkq_up(env, "--workers", "0", "--web-workers", "1") as (up, _base, _log):
-            seen = children(up)
-            up.kill()  # no cleanup at all: the embedded server stays behind
-            up.wait()
-            wait_for(lambda: alive(seen) == [], 40, "orphaned children to exit")
-        assert postgres_serving(datadir), "the embedded server did not outlive the kill"
+    with chunkq_up(env, "--workers", "0", "--web-workers", "1") as (up, _base, _log):
+        seen = children(up)
+        up.kill()  # no cleanup at all: the embedded server stays behind
+        up.wait()
+        wait_for(lambda: alive(seen) == [], 40, "orphaned children to exit")
+    assert postgres_serving(datadir), "the embedded server did not outlive the kill"
 
-        with chunkq_up(env, "--workers", "0", "--web-workers", "1") as (up, base, _log):
-            assert healthy(base)
-            # While this run uses the server, `chunkq down` must leave it alone.
-            busy = invoke("down", CHUNKQ_HOME=str(home))
-            assert busy.exit_code == 1 and "in use by a running chunkq" in busy.stderr
-            assert postgres_serving(datadir)
-            up.send_signal(signal.SIGINT)
-            assert up.wait(60) == 0
-        assert postgres_serving(datadir) == []
-    finally:
-        from schema.embedded import EmbeddedPostgres
-
-        EmbeddedPostgres(datadir).stop()  # a no-op unless a failed test left it running
-        shutil.rmtree(home, ignore_errors=True)
+    with chunkq_up(env, "--workers", "0", "--web-workers", "1") as (up, base, _log):
+        assert healthy(base)
+        # While this run uses the server, `chunkq down` must leave it alone.
+        busy = invoke("down", CHUNKQ_HOME=str(home))
+        assert busy.exit_code == 1 and "in use by a running chunkq" in busy.stderr
+        assert postgres_serving(datadir)
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+    assert postgres_serving(datadir) == []
 
 
 @pytest.mark.slow
-def test_up__banner_names_the_absolute_data_directory() -> None:
-    home = Path(tempfile.mkdtemp(prefix="chunkq-cli-home-"))
-    datadir = (home / "pgdata").resolve()
+def test_up__banner_names_the_absolute_data_directory(chunkq_home: tuple[Path, Path]) -> None:
+    home, datadir = chunkq_home
     # A relative CHUNKQ_HOME, resolved against the working directory.
     env = cli_env(CHUNKQ_HOME=os.path.relpath(home, ROOT), CHUNKQ_PROVIDER="simulated")
-    try:
-        banner: list[str] = []
-        with chunkq_up(env, "--workers", "0", "--web-workers", "1", banner=banner) as (up, _, _log):
-            assert f"data in {datadir}" in banner[0], banner
-            up.send_signal(signal.SIGINT)
-            assert up.wait(60) == 0
-    finally:
-        from schema.embedded import EmbeddedPostgres
-
-        EmbeddedPostgres(datadir).stop()
-        shutil.rmtree(home, ignore_errors=True)
+    banner: list[str] = []
+    with chunkq_up(env, "--workers", "0", "--web-workers", "1", banner=banner) as (up, _, _log):
+        assert f"data in {datadir}" in banner[0], banner
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
 
 
 @pytest.mark.slow
-def test_down__stops_a_left_over_server_and_says_so_when_none_runs() -> None:
+def test_down__stops_a_left_over_server_and_says_so_when_none_runs(
+    chunkq_home: tuple[Path, Path],
+) -> None:
     from schema.embedded import EmbeddedPostgres
 
-    home = Path(tempfile.mkdtemp(prefix="chunkq-cli-home-"))
-    datadir = (home / "pgdata").resolve()
-    try:
-        EmbeddedPostgres(datadir, settings={"fsync": "off"}).start()  # as a crashed up leaves it
-        assert postgres_serving(datadir)
-        done = invoke("down", CHUNKQ_HOME=str(home))
-        assert done.exit_code == 0, done.stderr
-        assert f"stopped the embedded PostgreSQL under {datadir}" in done.stdout
-        assert postgres_serving(datadir) == []
+    home, datadir = chunkq_home
+    EmbeddedPostgres(datadir, settings={"fsync": "off"}).start()  # as a crashed up leaves it
+    assert postgres_serving(datadir)
+    done = invoke("down", CHUNKQ_HOME=str(home))
+    assert done.exit_code == 0, done.stderr
+    assert f"stopped the embedded PostgreSQL under {datadir}" in done.stdout
+    assert postgres_serving(datadir) == []
 
-        again = invoke("down", CHUNKQ_HOME=str(home))
-        assert again.exit_code == 0, again.stderr
-        assert f"no embedded PostgreSQL is running under {datadir}" in again.stdout
-    finally:
-        EmbeddedPostgres(datadir).stop()
-        shutil.rmtree(home, ignore_errors=True)
+    again = invoke("down", CHUNKQ_HOME=str(home))
+    assert again.exit_code == 0, again.stderr
+    assert f"no embedded PostgreSQL is running under {datadir}" in again.stdout
