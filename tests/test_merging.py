@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 
 from schema import merging, queue
 from schema.queue import Success
-from workerd.providers import BuiltinProvider, SimulatedProvider, merge_by_name
+from workerd.providers import BuiltinProvider, merge_by_name
 
 
 def test_by_name__default_merges_unnamed_results_and_others_merge_their_own() -> None:
@@ -39,14 +39,6 @@ def test_merge_by_name__a_provider_object_merges_its_own_name_with_its_own_metho
     assert merge(None)([(1, {})]) == {"n": 1}
     assert merge("counting")([(1, {}), (2, {})]) == {"n": 2}
     assert merge("simulated") is merging.summarize_counts
-
-
-def test_providers__summarize_is_the_merge_of_their_name() -> None:
-    builtin, simulated = BuiltinProvider(), SimulatedProvider()
-    texts = ["A good day. A fine one.", "Rain again, and cold."]
-    for provider in (builtin, simulated):
-        results = [(len(t), provider.analyze(t)) for t in texts]
-        assert provider.summarize(results) == merging.MERGES[provider.name](results)
 
 
 def test_cancel__merges_each_result_by_the_provider_recorded_with_it(
