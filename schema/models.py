@@ -46,6 +46,30 @@ def _now() -> Any:
     return func.now()
 
 
+class ApiKey(Base):
+    """A tenant: the key a client sends (only its SHA-256 is kept) and the secret that signs
+    its webhooks. ``anonymous`` is the tenant of ``CHUNKQ_AUTH=off``; no key opens it."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        CheckConstraint(
+            "(max_jobs_in_flight IS NULL OR max_jobs_in_flight > 0)"
+            " AND (max_queued_chunks IS NULL OR max_queued_chunks > 0)",
+            name="limits",
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    key_hash: Mapped[str | None] = mapped_column(Text, unique=True)
+    webhook_secret: Mapped[str] = mapped_column(Text)
+    # Per-key limits, answered with 429; NULL: none.
+    max_jobs_in_flight: Mapped[int | None] = mapped_column(Integer)
+    max_queued_chunks: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class Job(Base):
     """One submitted text; its counters always equal the counts of its chunks' final states."""
 
@@ -61,6 +85,19 @@ class Job(Base):
         Index(
             "jobs_finished_at_idx", "finished_at", postgresql_where=text("finished_at IS NOT NULL")
         ),
+        # A tenant's list, newest first (keyset pagination on created_at, id).
+        Index(
+            "jobs_api_key_id_created_at_id_idx",
+            "api_key_id",
+            text("created_at DESC"),
+            text("id DESC"),
+        ),
+        # A tenant's jobs in flight, for its limits.
+        Index(
+            "jobs_in_flight_idx",
+            "api_key_id",
+            postgresql_where=text("status IN ('PENDING', 'PROCESSING')"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
@@ -75,6 +112,12 @@ class Job(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # The tenant that made the job; NULL for jobs made before tenants existed.
+    api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"))
+    metadata_: Mapped[dict[str, str]] = mapped_column(
+        "metadata", JSONB, server_default=text("'{}'::jsonb")
+    )
+    webhook_url: Mapped[str | None] = mapped_column(Text)
 
 
 class Chunk(Base):
@@ -201,6 +244,84 @@ class ProviderOutage(Base):
     # When the next probe call may start, and the backoff that set it.
     probe_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
     probe_delay_s: Mapped[float] = mapped_column(Double, server_default="1")
+
+
+class IdempotencyKey(Base):
+    """A POST's ``Idempotency-Key`` within its tenant: the job it made and the answer given,
+    so a retry gets the same 202. The primary key makes concurrent retries make one job."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        Index("idempotency_keys_created_at_idx", "created_at"),
+        Index("idempotency_keys_job_id_idx", "job_id"),
+    )
+
+    api_key_id: Mapped[str] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    request_hash: Mapped[str] = mapped_column(Text)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey("jobs.id", ondelete="CASCADE", deferrable=True, initially="DEFERRED"),
+    )
+    response: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class WebhookEvent(Base):
+    """The outbox: a job's terminal event, written in the transaction that made the job
+    terminal, delivered (at least once) by the workers. ``id`` is the ``webhook-id``."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'running', 'delivered', 'failed')", name="status"),
+        Index(
+            "webhook_events_due_idx", "next_attempt_at", postgresql_where=text("status = 'pending'")
+        ),
+        Index(
+            "webhook_events_lease_idx",
+            "lease_expires_at",
+            postgresql_where=text("status = 'running'"),
+        ),
+        Index("webhook_events_job_id_idx", "job_id"),
+    )
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE")
+    )
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(Text)
+    type: Mapped[str] = mapped_column(Text)
+    # The exact bytes that are signed and sent, the same on every attempt.
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=_now()
+    )
+    worker_id: Mapped[str | None] = mapped_column(Text)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookDelivery(Base):
+    """One attempt to deliver one webhook event: what the target answered, or why not."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("webhook_deliveries_event_id_attempt_idx", "event_id", "attempt"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("webhook_events.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    worker_id: Mapped[str | None] = mapped_column(Text)
 
 
 metadata = Base.metadata

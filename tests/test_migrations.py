@@ -15,7 +15,17 @@ import schema.migrate
 from schema import queue
 from schema.migrate import alembic_config
 
-TABLES = {"jobs", "chunks", "chunk_attempts", "reductions", "provider_outages"}
+TABLES = {
+    "jobs",
+    "chunks",
+    "chunk_attempts",
+    "reductions",
+    "provider_outages",
+    "api_keys",
+    "idempotency_keys",
+    "webhook_events",
+    "webhook_deliveries",
+}
 
 
 def _tables(url: str) -> set[str]:
