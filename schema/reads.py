@@ -16,28 +16,59 @@ import psycopg
 
 from schema import outages
 
+# One pass over a job's chunks: the final error of each failed one, the ones split to fit
+# the model's context, and the provider's token counts summed over the results that report
+# them (NULL when none does).
+_TOKENS = """sum(CASE WHEN status = 'succeeded'
+                       AND jsonb_typeof(result->'usage'->'{name}') = 'number'
+                  THEN (result->'usage'->>'{name}')::bigint END)"""
+_CHUNK_FACTS = f"""
+SELECT coalesce(json_agg(json_build_object('chunk_index', seq, 'error', error) ORDER BY seq)
+                FILTER (WHERE status = 'failed'), '[]')::text,
+       coalesce(json_agg(json_build_object('chunk_index', seq,
+                                           'parts', jsonb_array_length(result->'parts'))
+                         ORDER BY seq)
+                FILTER (WHERE status = 'succeeded' AND result ? 'parts'), '[]')::text,
+       CASE WHEN bool_or(status = 'succeeded' AND jsonb_typeof(result->'usage') = 'object')
+            THEN json_build_object(
+                'prompt_tokens', coalesce({_TOKENS.format(name="prompt_tokens")}, 0),
+                'completion_tokens', coalesce({_TOKENS.format(name="completion_tokens")}, 0)
+            )::text
+       END
+FROM chunks WHERE job_id = %(id)s
+"""
+
 
 class RawJSON(str):
     """A JSON document already encoded, to be written into a report as it is."""
 
 
 def report_json(
-    conn: psycopg.Connection[Any], job_id: uuid.UUID, *, chunks: bool = True
+    conn: psycopg.Connection[Any],
+    job_id: uuid.UUID,
+    *,
+    chunks: bool = True,
+    result: bool = True,
+    owner: str | None = None,
 ) -> str | None:
     """The client's view of one job as JSON text, or None if there is no such job.
 
     With ``chunks=False``, ``analysis_result`` is given without its per-chunk ``chunks`` list
-    (the summary and anything else stay). Two reads without a snapshot across them are fine
-    here: counters only grow and attempts are only appended, so a report may be a moment old
-    but never inconsistent with itself in a way a client could act on.
+    (the summary and anything else stay); with ``result=False`` it is left out altogether
+    (lists and webhooks). ``owner``: only a job of this tenant is found (None: any job).
+    Several reads without a snapshot across them are fine here: counters only grow and
+    attempts are only appended, so a report may be a moment old but never inconsistent with
+    itself in a way a client could act on.
     """
     row = conn.execute(
         """SELECT status, chunks_total, chunks_completed, chunks_failed,
-                  (CASE WHEN %(chunks)s THEN analysis_result
+                  (CASE WHEN NOT %(result)s THEN NULL
+                        WHEN %(chunks)s THEN analysis_result
                         ELSE analysis_result - 'chunks' END)::text,
-                  created_at, updated_at, finished_at, max_chunk_chars, text_chars
-           FROM jobs WHERE id = %(id)s""",
-        {"id": job_id, "chunks": chunks},
+                  created_at, updated_at, finished_at, max_chunk_chars, text_chars,
+                  metadata::text, webhook_url
+           FROM jobs WHERE id = %(id)s AND (%(owner)s::text IS NULL OR api_key_id = %(owner)s)""",
+        {"id": job_id, "chunks": chunks, "result": result, "owner": owner},
     ).fetchone()
     if row is None:
         return None
@@ -46,12 +77,14 @@ def report_json(
         total,
         completed,
         failed,
-        result,
+        analysis,
         created,
         updated,
         finished,
         max_chars,
         text_chars,
+        metadata,
+        webhook_url,
     ) = row
     errors = conn.execute(
         """SELECT coalesce(json_agg(json_build_object(
@@ -60,44 +93,51 @@ def report_json(
            FROM chunk_attempts WHERE job_id = %(id)s""",
         {"id": job_id},
     ).fetchone()
-    splits = conn.execute(
-        """SELECT coalesce(json_agg(json_build_object(
-                      'chunk_index', seq, 'parts', jsonb_array_length(result->'parts'))
-                      ORDER BY seq), '[]')::text
-           FROM chunks
-           WHERE job_id = %(id)s AND status = 'succeeded' AND result ? 'parts'""",
-        {"id": job_id},
-    ).fetchone()
-    return encode(
-        {
-            "job_id": str(job_id),
-            "status": status,
-            "percent": round(100.0 * (completed + failed) / total, 2),
-            "chunks_total": total,
-            "chunks_completed": completed,
-            "chunks_failed": failed,
-            "errors": RawJSON(errors[0] if errors else "[]"),
-            # Chunks the model's context could not hold whole, and how many pieces each took.
-            "split_chunks": RawJSON(splits[0] if splits else "[]"),
-            # Times the provider could not be reached while this job ran: its chunks waited
-            # (the circuit breaker) instead of failing.
-            "provider_unavailable": outages.during(conn, created, finished),
-            "max_chunk_chars": max_chars,
-            "text_chars": text_chars,
-            "created_at": created.isoformat(),
-            "updated_at": updated.isoformat(),
-            "finished_at": finished.isoformat() if finished else None,
-            # Last, so a client reading the stream has the rest before the bulk.
-            "analysis_result": RawJSON(result) if result is not None else None,
-        }
+    # One pass over the job's chunks: the final error of each failed one, the split ones,
+    # and the provider's token counts (only results that report them count).
+    failed_, splits, usage = conn.execute(_CHUNK_FACTS, {"id": job_id}).fetchone() or (
+        "[]",
+        "[]",
+        None,
     )
+    progress = round(100.0 * (completed + failed) / total, 2)
+    fields: dict[str, Any] = {
+        "job_id": str(job_id),
+        "status": status,
+        "percent": progress,
+        "progress_pct": progress,
+        "chunks_total": total,
+        "total_chunks": total,
+        "chunks_completed": completed,
+        "chunks_failed": failed,
+        "errors": RawJSON(errors[0] if errors else "[]"),
+        # The final error of each failed chunk, in index order.
+        "chunk_errors": RawJSON(failed_),
+        # Chunks the model's context could not hold whole, and how many pieces each took.
+        "split_chunks": RawJSON(splits),
+        # Times the provider could not be reached while this job ran: its chunks waited
+        # (the circuit breaker) instead of failing.
+        "provider_unavailable": outages.during(conn, created, finished),
+        "usage": RawJSON(usage) if usage is not None else None,
+        "metadata": RawJSON(metadata),
+        "webhook_url": webhook_url,
+        "max_chunk_chars": max_chars,
+        "text_chars": text_chars,
+        "created_at": created.isoformat(),
+        "updated_at": updated.isoformat(),
+        "finished_at": finished.isoformat() if finished else None,
+    }
+    if result:
+        # Last, so a client reading the stream has the rest before the bulk.
+        fields["analysis_result"] = RawJSON(analysis) if analysis is not None else None
+    return encode(fields)
 
 
 def job_report(
-    conn: psycopg.Connection[Any], job_id: uuid.UUID, *, chunks: bool = True
+    conn: psycopg.Connection[Any], job_id: uuid.UUID, **options: Any
 ) -> dict[str, Any] | None:
     """The client's view of one job as a dict (``report_json`` parsed), or None."""
-    text = report_json(conn, job_id, chunks=chunks)
+    text = report_json(conn, job_id, **options)
     return None if text is None else dict(json.loads(text))
 
 

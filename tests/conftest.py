@@ -120,6 +120,8 @@ def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
 def app(database_url: str) -> Iterator[Any]:
     from web import create_app
 
-    app = create_app({"DATABASE_URL": database_url, "TESTING": True, "PROVIDER": "simulated"})
+    app = create_app(
+        {"DATABASE_URL": database_url, "TESTING": True, "PROVIDER": "simulated", "AUTH": False}
+    )
     yield app
     app.extensions["chunkq.engine"].dispose()

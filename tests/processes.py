@@ -66,9 +66,12 @@ def wait_for(
 
 def environment(database_url: str, **extra: str) -> dict[str, str]:
     """This process's environment without its CHUNKQ_* settings, plus the database and
-    ``extra``: a child reads only the settings its test gives it."""
+    ``extra``: a child reads only the settings its test gives it. Auth is off unless
+    ``extra`` turns it on (CHUNKQ_AUTH=on): the tests of auth say so."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHUNKQ_")}
-    env.update({"DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1"}, **extra)
+    env.update(
+        {"DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1", "CHUNKQ_AUTH": "off"}, **extra
+    )
     return env
 
 

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import yaml
 
+from schema import tenants
 from tests.processes import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,12 +227,20 @@ def test_honcho__procfile_dev_serves_on_its_port_and_finishes_a_job(database_url
                 return False
 
         wait_for(ready, 60, "gunicorn under honcho")
-        posted = httpx.post(f"{base}/v1/analyze", json={"raw_text": "one. two. three."})
+        # Auth is on, as it is by default.
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            key = tenants.create_key(conn, "honcho").key
+        posted = httpx.post(
+            f"{base}/v1/analyze",
+            json={"raw_text": "one. two. three."},
+            headers={"Authorization": f"Bearer {key}"},
+        )
         assert posted.status_code == 202, posted.text
         job = f"{base}{posted.headers['Location']}"
 
         def finished() -> bool:
-            return httpx.get(job, timeout=5).json()["status"] == "COMPLETED"
+            report = httpx.get(job, timeout=5, headers={"Authorization": f"Bearer {key}"})
+            return bool(report.json()["status"] == "COMPLETED")
 
         wait_for(finished, 60, "the worker under honcho to finish the job")
         assert proc.poll() is None

@@ -22,6 +22,9 @@ DEFAULTS: dict[str, Any] = {
     # The workers' lease (CHUNKQ_LEASE_S): the session timeouts are sized to it.
     "LEASE_S": 30.0,
     "REDUCE": False,
+    # CHUNKQ_AUTH: every /v1 route needs an API key; off: one anonymous tenant.
+    "AUTH": True,
+    "WEBHOOK_ALLOW_PRIVATE": False,
 }
 
 
@@ -42,6 +45,8 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CHUNKQ_DB_POOL_SIZE": ("DB_POOL_SIZE", int),
     "CHUNKQ_LEASE_S": ("LEASE_S", float),
     "CHUNKQ_REDUCE": ("REDUCE", _flag),
+    "CHUNKQ_AUTH": ("AUTH", _flag),
+    "CHUNKQ_WEBHOOK_ALLOW_PRIVATE": ("WEBHOOK_ALLOW_PRIVATE", _flag),
 }
 
 
@@ -67,9 +72,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     app.extensions["chunkq.merge"] = functools.cache(lambda: _merge(app.config["PROVIDER"]))
 
-    from web import analyze, health, problems
+    from web import analyze, auth, health, problems
 
     problems.register(app)
+    auth.register(app)
     app.register_blueprint(analyze.bp)
     app.register_blueprint(health.bp)
     return app

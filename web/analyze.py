@@ -3,46 +3,20 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import psycopg
 from flask import Blueprint, Response, current_app, request
-from sqlalchemy import Engine
 
-from schema import queue
+from schema import idempotency, queue, tenants
 from schema.chunking import split_text
-from schema.db import bound, deadline_s, watchdog
 from schema.errors import InvalidRequest, JobNotFound
 from schema.reads import report_json
+from web import auth
+from web.database import connection
 from web.problems import ValidationFailed
 from web.validation import parse_submission
 
 bp = Blueprint("analyze", __name__, url_prefix="/v1/analyze")
-
-
-@contextmanager
-def _connection(*, write: bool) -> Iterator[psycopg.Connection[Any]]:
-    """A pooled connection for this request only, returned to the pool when it ends.
-
-    For writes, the block is one transaction: committed on success, rolled back on any error.
-    """
-    engine: Engine = current_app.extensions["chunkq.engine"]
-    with engine.begin() if write else engine.connect() as conn:
-        driver = conn.connection.driver_connection
-        lease_s = current_app.config["LEASE_S"]
-        try:
-            # A server that hangs cannot enforce its statement timeout: bound it here too.
-            with watchdog.guard(driver, deadline_s(lease_s)):
-                bound(driver, lease_s)  # type: ignore[arg-type]
-                yield driver  # type: ignore[misc]
-        except psycopg.OperationalError:
-            # SQLAlchemy did not see this error (it came through the raw connection), so
-            # tell it the connection is gone rather than let the pool try to reset it.
-            if conn.connection.driver_connection.broken:  # type: ignore[union-attr]
-                conn.invalidate()
-            raise
 
 
 @bp.post("")
@@ -56,7 +30,9 @@ def submit() -> tuple[dict[str, Any], int, dict[str, str]]:
         max_chars=cfg["MAX_CHUNK_CHARS"],
         max_bytes=cfg["MAX_CONTENT_LENGTH"],
         default_reduce=cfg["REDUCE"],
+        allow_private_webhooks=cfg["WEBHOOK_ALLOW_PRIVATE"],
     )
+    key = _idempotency_key()
     limit = cfg["MAX_CHUNKS_PER_JOB"]
     # No chunk is longer than max_chunk_chars, so this many chunks is the least there can be:
     # refuse before splitting, or a tiny max_chunk_chars would make the refusal itself slow.
@@ -76,19 +52,44 @@ def submit() -> tuple[dict[str, Any], int, dict[str, str]]:
         )
     job_id = uuid.uuid4()
     options = {"reduce": True} if sub.reduce else {}
-    with _connection(write=True) as conn:
-        queue.enqueue(
-            conn, job_id, sub.raw_text, spans, max_chunk_chars=sub.max_chunk_chars, options=options
-        )
-    location = f"/v1/analyze/{job_id}"
-    body = {
+    tenant = auth.tenant()
+    body: dict[str, Any] = {
         "job_id": str(job_id),
         "status": "PENDING",
         "chunks_total": len(spans),
         "max_chunk_chars": sub.max_chunk_chars,
-        "status_url": location,
+        "metadata": sub.metadata,
+        "status_url": f"/v1/analyze/{job_id}",
     }
-    return body, 202, {"Location": location}
+    with connection(write=True) as conn:
+        # First the key: a concurrent request with the same key waits here for this one.
+        earlier = key and idempotency.claim(conn, tenant.id, key, sub.fingerprint(), job_id, body)
+        if earlier:
+            body = earlier
+        else:
+            tenants.admit(conn, tenant, len(spans))
+            queue.enqueue(
+                conn,
+                job_id,
+                sub.raw_text,
+                spans,
+                max_chunk_chars=sub.max_chunk_chars,
+                options=options,
+                owner=tenant.id,
+                metadata=sub.metadata,
+                webhook_url=sub.webhook_url,
+            )
+    return body, 202, {"Location": body["status_url"]}
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    why = idempotency.key_problem(key)
+    if why is not None:
+        raise ValidationFailed([InvalidRequest("Idempotency-Key", why, status=400)])
+    return key
 
 
 @bp.get("/<job_id>")
@@ -100,8 +101,8 @@ def status(job_id: str) -> Response:
     """
     key = _parse_id(job_id)
     chunks = _flag_arg("chunks", default=True)
-    with _connection(write=False) as conn:
-        body = report_json(conn, key, chunks=chunks)
+    with connection(write=False) as conn:
+        body = report_json(conn, key, chunks=chunks, owner=auth.owner())
     if body is None:
         raise JobNotFound(job_id)
     return Response(body, mimetype="application/json")
@@ -116,8 +117,8 @@ def cancel(job_id: str) -> Response:
     """
     key = _parse_id(job_id)
     merge = current_app.extensions["chunkq.merge"]()
-    with _connection(write=True) as conn:
-        queue.cancel(conn, key, merge)
+    with connection(write=True) as conn:
+        queue.cancel(conn, key, merge, owner=auth.owner())
         # In the same transaction: what the cancel left.
         body = report_json(conn, key, chunks=False)
     assert body is not None

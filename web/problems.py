@@ -10,7 +10,15 @@ import sqlalchemy.exc
 from flask import Flask, Response, json
 from werkzeug.exceptions import HTTPException
 
-from schema.errors import DatabaseUnavailable, InvalidRequest, JobConflict, JobNotFound
+from schema.errors import (
+    DatabaseUnavailable,
+    IdempotencyMismatch,
+    InvalidRequest,
+    JobConflict,
+    JobNotFound,
+    LimitExceeded,
+    Unauthenticated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +77,38 @@ def register(app: Flask) -> None:
     def _conflict(exc: JobConflict) -> Response:
         return problem(
             409, "Job already finished", str(exc), type_="urn:chunkq:problem:job-finished"
+        )
+
+    @app.errorhandler(Unauthenticated)
+    def _unauthenticated(exc: Unauthenticated) -> Response:
+        challenge = 'Bearer realm="chunkq"'
+        if exc.error:
+            challenge += f', error="{exc.error}"'
+        return problem(
+            401,
+            "Unauthorized",
+            str(exc),
+            type_="urn:chunkq:problem:unauthorized",
+            headers={"WWW-Authenticate": challenge},
+        )
+
+    @app.errorhandler(LimitExceeded)
+    def _limited(exc: LimitExceeded) -> Response:
+        return problem(
+            429,
+            "Too many requests",
+            str(exc),
+            type_="urn:chunkq:problem:limit-exceeded",
+            headers={"Retry-After": str(exc.retry_after_s)},
+        )
+
+    @app.errorhandler(IdempotencyMismatch)
+    def _idempotency(exc: IdempotencyMismatch) -> Response:
+        return problem(
+            422,
+            "Idempotency key reused",
+            str(exc),
+            type_="urn:chunkq:problem:idempotency-key-reused",
         )
 
     @app.errorhandler(DatabaseUnavailable)

@@ -47,6 +47,7 @@ def cancel(
     job_id: uuid.UUID,
     merge: Merge,
     *,
+    owner: str | None = None,
     now: datetime | None = None,
 ) -> JobStatus:
     """Cancel a job that is not finished: its pending and running chunks become cancelled,
@@ -57,10 +58,13 @@ def cancel(
     writes, which no longer match (status is not running), so its late result is dropped.
     The 'cancel' notice tells workers to check their leases at once, so this job's attempts
     stop (and free their slots) rather than at the next heartbeat. Raises JobNotFound, or
-    JobConflict for a terminal job.
+    JobConflict for a terminal job. With ``owner``, another tenant's job is not found.
     """
     row = conn.execute(
-        "SELECT status FROM jobs WHERE id = %(id)s FOR UPDATE", {"id": job_id}
+        """SELECT status FROM jobs
+           WHERE id = %(id)s AND (%(owner)s::text IS NULL OR api_key_id = %(owner)s)
+           FOR UPDATE""",
+        {"id": job_id, "owner": owner},
     ).fetchone()
     if row is None:
         raise JobNotFound(str(job_id))

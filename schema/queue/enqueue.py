@@ -21,6 +21,9 @@ def enqueue(
     *,
     max_chunk_chars: int,
     options: dict[str, Any] | None = None,
+    owner: str | None = None,
+    metadata: dict[str, str] | None = None,
+    webhook_url: str | None = None,
     now: datetime | None = None,
 ) -> None:
     """Write a PENDING job and all its pending chunks, then wake the workers.
@@ -28,6 +31,7 @@ def enqueue(
     Safe because nothing else can see the rows before the caller commits; the chunks go
     in one COPY, so a job of ten thousand chunks costs one round trip, not ten thousand.
     NOTIFY is delivered at commit, so a worker never wakes for rows it cannot see yet.
+    ``owner`` is the tenant (an ``api_keys`` id) the job belongs to.
     """
     with conn.cursor() as cur:
         # One round trip for the job row and the wake-up; the chunks' next_attempt_at
@@ -35,9 +39,10 @@ def enqueue(
         cur.execute(
             f"""WITH job AS (
                     INSERT INTO jobs (id, status, chunks_total, max_chunk_chars, text_chars,
-                                      options, created_at, updated_at)
+                                      options, api_key_id, metadata, webhook_url,
+                                      created_at, updated_at)
                     VALUES (%(id)s, 'PENDING', %(total)s, %(max)s, %(chars)s, %(options)s,
-                            {NOW}, {NOW})
+                            %(owner)s, %(metadata)s, %(webhook)s, {NOW}, {NOW})
                     RETURNING id)
                 SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM job""",
             {
@@ -46,6 +51,9 @@ def enqueue(
                 "max": max_chunk_chars,
                 "chars": len(text),
                 "options": json.dumps(options or {}),
+                "owner": owner,
+                "metadata": json.dumps(metadata or {}),
+                "webhook": webhook_url,
                 "now": now,
             },
         )
