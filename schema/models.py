@@ -85,13 +85,10 @@ class Job(Base):
         Index(
             "jobs_finished_at_idx", "finished_at", postgresql_where=text("finished_at IS NOT NULL")
         ),
-        # A tenant's list, newest first (keyset pagination on created_at, id).
-        Index(
-            "jobs_api_key_id_created_at_id_idx",
-            "api_key_id",
-            text("created_at DESC"),
-            text("id DESC"),
-        ),
+        # Lists, newest first, keyset-paginated on (created_at, id): a tenant's, and every
+        # job's (auth off). Scanned backwards.
+        Index("jobs_api_key_id_created_at_id_idx", "api_key_id", "created_at", "id"),
+        Index("jobs_created_at_id_idx", "created_at", "id"),
         # A tenant's jobs in flight, for its limits.
         Index(
             "jobs_in_flight_idx",

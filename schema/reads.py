@@ -133,6 +133,16 @@ def report_json(
     return encode(fields)
 
 
+def exists(conn: psycopg.Connection[Any], job_id: uuid.UUID, *, owner: str | None) -> bool:
+    """Whether there is such a job (of ``owner``, unless None)."""
+    row = conn.execute(
+        """SELECT 1 FROM jobs
+           WHERE id = %(id)s AND (%(owner)s::text IS NULL OR api_key_id = %(owner)s)""",
+        {"id": job_id, "owner": owner},
+    ).fetchone()
+    return row is not None
+
+
 def job_report(
     conn: psycopg.Connection[Any], job_id: uuid.UUID, **options: Any
 ) -> dict[str, Any] | None:

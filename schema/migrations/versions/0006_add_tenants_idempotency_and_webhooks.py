@@ -56,11 +56,10 @@ def upgrade() -> None:
     )
     op.add_column("jobs", sa.Column("webhook_url", sa.Text(), nullable=True))
     op.create_foreign_key(op.f("jobs_api_key_id_fkey"), "jobs", "api_keys", ["api_key_id"], ["id"])
-    op.create_index(
-        "jobs_api_key_id_created_at_id_idx",
-        "jobs",
-        ["api_key_id", sa.text("created_at DESC"), sa.text("id DESC")],
-    )
+    # Lists, newest first, with a keyset cursor on (created_at, id): per tenant, and every
+    # job (auth off). Scanned backwards.
+    op.create_index("jobs_api_key_id_created_at_id_idx", "jobs", ["api_key_id", "created_at", "id"])
+    op.create_index("jobs_created_at_id_idx", "jobs", ["created_at", "id"])
     op.create_index(
         "jobs_in_flight_idx",
         "jobs",
@@ -170,6 +169,7 @@ def downgrade() -> None:
     op.drop_table("webhook_events")
     op.drop_table("idempotency_keys")
     op.drop_index("jobs_in_flight_idx", table_name="jobs")
+    op.drop_index("jobs_created_at_id_idx", table_name="jobs")
     op.drop_index("jobs_api_key_id_created_at_id_idx", table_name="jobs")
     op.drop_constraint(op.f("jobs_api_key_id_fkey"), "jobs", type_="foreignkey")
     op.drop_column("jobs", "webhook_url")
