@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime
 from typing import Any
 
 import psycopg
 
 from schema.errors import IdempotencyMismatch
+from schema.queue.sql import NOW
 
 # How long a key is kept: at least a day, as Stripe does.
 KEEP_S = 24 * 3600
@@ -68,10 +70,13 @@ def claim(
     raise RuntimeError(f"idempotency key {key!r} neither inserted nor found")
 
 
-def prune(conn: psycopg.Connection[Any], older_than_s: float = KEEP_S) -> int:
+def prune(
+    conn: psycopg.Connection[Any], older_than_s: float = KEEP_S, *, now: datetime | None = None
+) -> int:
     """Forget keys older than ``older_than_s`` (a day by default); returns how many."""
     cur = conn.execute(
-        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => %s)",
-        (older_than_s,),
+        f"""DELETE FROM idempotency_keys
+            WHERE created_at < {NOW} - make_interval(secs => %(age)s)""",
+        {"age": older_than_s, "now": now},
     )
     return cur.rowcount

@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 
+from schema import idempotency
 from schema.queue import NOW
 
 
@@ -25,7 +26,8 @@ def prune(
     Works in batches of ``batch`` jobs, one short transaction each (``conn`` must be in
     autocommit mode), so it never holds many locks and can run beside busy workers: only
     terminal jobs are touched, and no worker writes to those. SKIP LOCKED steps over a job a
-    client is cancelling or reading FOR UPDATE right now; the next run takes it.
+    client is cancelling or reading FOR UPDATE right now; the next run takes it. Then the
+    ``Idempotency-Key`` records older than a day go (a pruned job's went with it).
     """
     deleted = 0
     while True:
@@ -43,4 +45,7 @@ def prune(
             )
         deleted += cur.rowcount
         if cur.rowcount < batch:
-            return deleted
+            break
+    with conn.transaction():
+        idempotency.prune(conn, now=now)
+    return deleted

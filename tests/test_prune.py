@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from schema import queue
+from schema import idempotency, queue
 from schema.prune import prune
 from schema.queue import Success, reductions
 from tests.support import submit
@@ -39,6 +39,22 @@ def test_prune__deletes_only_old_finished_jobs_with_their_rows(
     assert db.execute("SELECT count(*) FROM chunks WHERE job_id = %s", (old,)).fetchone()[0] == 0  # type: ignore[index]
     assert prune(db, 0, now=now) == 1
     assert {r[0] for r in db.execute("SELECT id FROM jobs")} == {running}
+
+
+def test_prune__forgets_idempotency_keys_after_a_day(db: psycopg.Connection[Any]) -> None:
+    t0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    running = submit(db, "running job. more text.", 8)
+    with db.transaction():
+        for key, age_h in (("old", 24.5), ("fresh", 23)):
+            assert idempotency.claim(db, "anonymous", key, "h", running, {}) is None
+            db.execute(
+                "UPDATE idempotency_keys SET created_at = %s WHERE key = %s",
+                (t0 - dt.timedelta(hours=age_h), key),
+            )
+    assert prune(db, 7 * 86400, now=t0) == 0
+    assert [r[0] for r in db.execute("SELECT key FROM idempotency_keys")] == ["fresh"]
+    # The job still runs: only the record of the key went.
+    assert [r[0] for r in db.execute("SELECT id FROM jobs")] == [running]
 
 
 def test_prune__keeps_a_finished_job_until_its_reduce_step_ends(
