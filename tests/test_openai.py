@@ -22,6 +22,7 @@ import psycopg
 import pytest
 
 from schema.db import connect
+from schema.reads import job_report
 from tests.mock_openai import (
     MockOpenAI,
     Reply,
@@ -37,7 +38,7 @@ from tests.mock_openai import (
     rate_limited,
     server_error,
 )
-from tests.support import chunk_rows, job_row, submit
+from tests.support import chunk_rows, job_row, run_until_idle, submit
 from workerd.providers import (
     AttemptAborted,
     AttemptTimeout,
@@ -1103,3 +1104,19 @@ def test_openai__a_call_without_a_deadline_is_limited_by_nothing_but_the_server(
     # No read timeout either: an infinite socket timeout would raise OverflowError.
     with OpenAIProvider(mock_openai.base_url, None, "m") as provider:
         assert provider.analyze(TEXT, Call())["summary"] == analysis(TEXT)["summary"]
+
+
+def test_openai__a_jobs_report_sums_the_token_usage_of_its_chunks(
+    provider: OpenAIProvider, database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    job = submit(db, " ".join([TEXT] * 6), 140)
+    run_until_idle(database_url, provider)
+    report = job_report(db, job)
+    assert report is not None and report["status"] == "COMPLETED"
+    usages = [c["result"]["usage"] for c in report["analysis_result"]["chunks"]]
+    assert len(usages) == report["chunks_total"] > 1
+    assert report["usage"] == {
+        "prompt_tokens": sum(u["prompt_tokens"] for u in usages),
+        "completion_tokens": sum(u["completion_tokens"] for u in usages),
+    }
+    assert report["usage"]["prompt_tokens"] > 0 and report["usage"]["completion_tokens"] > 0
