@@ -41,6 +41,10 @@ backlog    schema.queue.claim(limit 64), rolled back, with 1,000,000 finished + 
 memory     Peak RSS of ``python -m workerd --concurrency 64`` draining at 50 ms, and of a
            gunicorn worker taking 10 MB texts, against a bare ``python -c "import psycopg,
            flask, sqlalchemy"``.
+api        Two gunicorns on one database, CHUNKQ_AUTH on and off, requests in turn: a GET
+           and a 10 KB POST with a key against without; a POST replayed by its
+           Idempotency-Key against one with a new key; a list page of 100 jobs against 100
+           single GETs.
 
 Each module's docstring says exactly what it measures and how.
 A benchmark module has NAME and ``run(ctx: bench.harness.Context) -> list[Figure]``. The
@@ -78,6 +82,7 @@ MODULES = (
     "capped",
     "backlog",
     "memory",
+    "api",
 )
 
 
