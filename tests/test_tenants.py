@@ -280,6 +280,8 @@ def test_list__250_jobs_paged_newest_first_while_more_are_added(
         ({"limit": "0"}, "limit"),
         ({"limit": "101"}, "limit"),
         ({"limit": "ten"}, "limit"),
+        ({"limit": "\u00b2"}, "limit"),  # a digit to str.isdigit, not to int()
+        ({"limit": "\uff11\uff10"}, "limit"),  # fullwidth digits
         ({"status": "DONE"}, "status"),
         ({"cursor": "not-a-cursor"}, "cursor"),
         ({"cursor": "WyJjaHVua3MiLDNd"}, "cursor"),  # a chunk list's cursor

@@ -1,20 +1,19 @@
-"""The ``/v1/analyze`` blueprint: submit a text, read a job, cancel a job."""
+"""The ``/v1/analyze`` blueprint: submit a text, read a job, cancel a job (lists and chunk
+pages: ``web.listing``)."""
 
 from __future__ import annotations
 
-import re
 import uuid
-from collections.abc import Callable, Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request, stream_with_context
+from flask import Blueprint, Response, current_app, request
 
-from schema import idempotency, listing, queue, reads, tenants
+from schema import idempotency, queue, tenants
 from schema.chunking import split_text
 from schema.errors import InvalidRequest, JobNotFound
 from schema.reads import report_json
-from schema.states import JobStatus
 from web import auth
+from web.args import flag_arg, parse_id
 from web.database import connection
 from web.problems import ValidationFailed
 from web.validation import parse_submission
@@ -95,80 +94,6 @@ def _idempotency_key() -> str | None:
     return key
 
 
-@bp.get("")
-def list_jobs() -> Response:
-    """The caller's jobs, newest first, a page at a time: ``?status=&limit=&cursor=`` and
-    ``metadata[KEY]=VALUE`` filters; each job's report without ``analysis_result``."""
-    metadata: dict[str, str] = {}
-    errors: list[InvalidRequest] = []
-    for name in request.args:
-        if match := _METADATA_ARG.fullmatch(name):
-            metadata[match.group(1)] = request.args[name]
-        elif name not in ("status", "limit", "cursor"):
-            errors.append(
-                InvalidRequest(
-                    name,
-                    "is not a known parameter (known: status, limit, cursor, metadata[KEY])",
-                    status=400,
-                )
-            )
-    statuses = None
-    if "status" in request.args:
-        statuses = request.args["status"].split(",")
-        unknown = [s for s in statuses if s not in JobStatus.__members__.values()]
-        if unknown:
-            known = ", ".join(JobStatus)
-            errors.append(
-                InvalidRequest(
-                    "status", f"{unknown[0]!r} is not a job status (known: {known})", status=400
-                )
-            )
-    if errors:
-        raise ValidationFailed(errors)
-    limit = _int_arg("limit", default=20, most=listing.MAX_JOBS_PAGE)
-    with connection(write=False) as conn:
-        page = _paged(
-            lambda cursor: listing.jobs(
-                conn,
-                owner=auth.owner(),
-                statuses=statuses,
-                metadata=metadata,
-                limit=limit,
-                cursor=cursor,
-            )
-        )
-    return Response(page.json(), mimetype="application/json")
-
-
-@bp.get("/<job_id>/chunks")
-def chunks(job_id: str) -> Response:
-    """A job's chunks in order, each with its result or last error, a page at a time
-    (``?cursor=&limit=``), or all of them as NDJSON (``Accept: application/x-ndjson``)."""
-    key = _parse_id(job_id)
-    ndjson = request.accept_mimetypes.best_match(["application/json", NDJSON]) == NDJSON
-    limit = _int_arg(
-        "limit", default=listing.MAX_CHUNKS_PAGE if ndjson else 100, most=listing.MAX_CHUNKS_PAGE
-    )
-    with connection(write=False) as conn:
-        if not reads.exists(conn, key, owner=auth.owner()):
-            raise JobNotFound(job_id)
-        page = _paged(lambda cursor: listing.chunks(conn, key, limit=limit, cursor=cursor))
-    if not ndjson:
-        return Response(page.json(), mimetype="application/json")
-
-    def lines(page: listing.Page) -> Iterator[str]:
-        # A page per short read, the connection back in the pool between them: a slow
-        # reader holds no connection and no snapshot.
-        while True:
-            yield from (f"{item}\n" for item in page.items)
-            if page.next_cursor is None:
-                return
-            with connection(write=False) as conn:
-                page = listing.chunks(conn, key, limit=limit, cursor=page.next_cursor)
-
-    return Response(stream_with_context(lines(page)), mimetype=NDJSON)
-
-
 @bp.get("/<job_id>")
 def status(job_id: str) -> Response:
     """Report a job's progress, every failed attempt, and its result once terminal.
@@ -176,8 +101,8 @@ def status(job_id: str) -> Response:
     ``?chunks=false`` leaves out ``analysis_result.chunks`` (one entry per chunk, megabytes
     for a big job), for clients that only want progress and the summary.
     """
-    key = _parse_id(job_id)
-    chunks = _flag_arg("chunks", default=True)
+    key = parse_id(job_id)
+    chunks = flag_arg("chunks", default=True)
     with connection(write=False) as conn:
         body = report_json(conn, key, chunks=chunks, owner=auth.owner())
     if body is None:
@@ -192,7 +117,7 @@ def cancel(job_id: str) -> Response:
     Answers with the job's report without ``analysis_result.chunks``, whatever the job's
     size: Location points at the full report.
     """
-    key = _parse_id(job_id)
+    key = parse_id(job_id)
     merge = current_app.extensions["chunkq.merge"]()
     with connection(write=True) as conn:
         queue.cancel(conn, key, merge, owner=auth.owner())
@@ -200,53 +125,3 @@ def cancel(job_id: str) -> Response:
         body = report_json(conn, key, chunks=False)
     assert body is not None
     return Response(body, mimetype="application/json", headers={"Location": f"/v1/analyze/{key}"})
-
-
-NDJSON = "application/x-ndjson"
-_METADATA_ARG = re.compile(r"metadata\[(.+)\]")
-
-
-def _paged(read: Callable[[str | None], listing.Page]) -> listing.Page:
-    """``read(cursor)`` for this request's ``?cursor=``; a cursor we did not make is a 400."""
-    cursor = request.args.get("cursor") or None
-    try:
-        return read(cursor)
-    except listing.BadCursor as exc:
-        raise ValidationFailed([InvalidRequest("cursor", str(exc), status=400)]) from exc
-
-
-def _int_arg(name: str, *, default: int, most: int) -> int:
-    """A whole-number query parameter from 1 to ``most``; anything else is a 400 naming it."""
-    value = request.args.get(name)
-    if value is None:
-        return default
-    if not value.isdigit() or not 1 <= int(value) <= most:
-        raise ValidationFailed(
-            [
-                InvalidRequest(
-                    name, f"must be a whole number from 1 to {most}, got {value!r}", status=400
-                )
-            ]
-        )
-    return int(value)
-
-
-def _flag_arg(name: str, *, default: bool) -> bool:
-    """A true/false query parameter; anything else is a 400 problem naming it."""
-    value = request.args.get(name)
-    if value is None:
-        return default
-    if value.lower() in ("true", "1"):
-        return True
-    if value.lower() in ("false", "0"):
-        return False
-    raise ValidationFailed(
-        [InvalidRequest(name, f"must be true or false, got {value!r}", status=400)]
-    )
-
-
-def _parse_id(job_id: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(job_id)
-    except ValueError as exc:
-        raise JobNotFound(job_id) from exc

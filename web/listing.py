@@ -1,0 +1,105 @@
+"""Lists: a tenant's jobs (``GET /v1/analyze``) and a job's chunks, a page at a time or as
+NDJSON (``GET /v1/analyze/<id>/chunks``), with the keyset cursors of ``schema.listing``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+
+from flask import Blueprint, Response, request, stream_with_context
+
+from schema import listing, reads
+from schema.errors import InvalidRequest, JobNotFound
+from schema.states import JobStatus
+from web import auth
+from web.args import int_arg, parse_id
+from web.database import connection
+from web.problems import ValidationFailed
+
+bp = Blueprint("listing", __name__, url_prefix="/v1/analyze")
+
+NDJSON = "application/x-ndjson"
+_METADATA_ARG = re.compile(r"metadata\[(.+)\]")
+
+
+@bp.get("")
+def list_jobs() -> Response:
+    """The caller's jobs, newest first, a page at a time: ``?status=&limit=&cursor=`` and
+    ``metadata[KEY]=VALUE`` filters; each job's report without ``analysis_result``."""
+    metadata: dict[str, str] = {}
+    errors: list[InvalidRequest] = []
+    for name in request.args:
+        if match := _METADATA_ARG.fullmatch(name):
+            metadata[match.group(1)] = request.args[name]
+        elif name not in ("status", "limit", "cursor"):
+            errors.append(
+                InvalidRequest(
+                    name,
+                    "is not a known parameter (known: status, limit, cursor, metadata[KEY])",
+                    status=400,
+                )
+            )
+    statuses = None
+    if "status" in request.args:
+        statuses = request.args["status"].split(",")
+        unknown = [s for s in statuses if s not in JobStatus.__members__.values()]
+        if unknown:
+            known = ", ".join(JobStatus)
+            errors.append(
+                InvalidRequest(
+                    "status", f"{unknown[0]!r} is not a job status (known: {known})", status=400
+                )
+            )
+    if errors:
+        raise ValidationFailed(errors)
+    limit = int_arg("limit", default=20, most=listing.MAX_JOBS_PAGE)
+    with connection(write=False) as conn:
+        page = _paged(
+            lambda cursor: listing.jobs(
+                conn,
+                owner=auth.owner(),
+                statuses=statuses,
+                metadata=metadata,
+                limit=limit,
+                cursor=cursor,
+            )
+        )
+    return Response(page.json(), mimetype="application/json")
+
+
+@bp.get("/<job_id>/chunks")
+def chunks(job_id: str) -> Response:
+    """A job's chunks in order, each with its result or last error, a page at a time
+    (``?cursor=&limit=``), or all of them as NDJSON (``Accept: application/x-ndjson``)."""
+    key = parse_id(job_id)
+    ndjson = request.accept_mimetypes.best_match(["application/json", NDJSON]) == NDJSON
+    limit = int_arg(
+        "limit", default=listing.MAX_CHUNKS_PAGE if ndjson else 100, most=listing.MAX_CHUNKS_PAGE
+    )
+    with connection(write=False) as conn:
+        if not reads.exists(conn, key, owner=auth.owner()):
+            raise JobNotFound(job_id)
+        page = _paged(lambda cursor: listing.chunks(conn, key, limit=limit, cursor=cursor))
+    if not ndjson:
+        return Response(page.json(), mimetype="application/json")
+
+    def lines(page: listing.Page) -> Iterator[str]:
+        # A page per short read, the connection back in the pool between them: a slow
+        # reader holds no connection and no snapshot.
+        while True:
+            yield from (f"{item}\n" for item in page.items)
+            if page.next_cursor is None:
+                return
+            with connection(write=False) as conn:
+                page = listing.chunks(conn, key, limit=limit, cursor=page.next_cursor)
+
+    return Response(stream_with_context(lines(page)), mimetype=NDJSON)
+
+
+def _paged(read: Callable[[str | None], listing.Page]) -> listing.Page:
+    """``read(cursor)`` for this request's ``?cursor=``; a cursor we did not make is a 400."""
+    cursor = request.args.get("cursor") or None
+    try:
+        return read(cursor)
+    except listing.BadCursor as exc:
+        raise ValidationFailed([InvalidRequest("cursor", str(exc), status=400)]) from exc
