@@ -72,12 +72,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     app.extensions["chunkq.merge"] = functools.cache(lambda: _merge(app.config["PROVIDER"]))
 
-    from web import analyze, auth, health, problems
+    from web import analyze, auth, health, problems, webhooks
 
     problems.register(app)
     auth.register(app)
     app.register_blueprint(analyze.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(webhooks.bp)
     return app
 
 
