@@ -222,11 +222,14 @@ def rescue(conn: psycopg.Connection[Any], *, max_attempts: int, now: datetime | 
     return len(rows)
 
 
-# A job's events, each with every attempt in order, as one JSON document.
+# A job's events, each with every attempt in order, as one JSON document; an event that is
+# over (delivered or failed) has no next attempt.
 _EVENTS = """
 SELECT coalesce(json_agg(json_build_object(
            'id', e.id, 'type', e.type, 'url', e.url, 'status', e.status,
-           'attempts', e.attempts, 'next_attempt_at', e.next_attempt_at,
+           'attempts', e.attempts,
+           'next_attempt_at', CASE WHEN e.status IN ('pending', 'running')
+                                   THEN e.next_attempt_at END,
            'created_at', e.created_at, 'finished_at', e.finished_at,
            'last_error', e.last_error,
            'deliveries', (SELECT coalesce(json_agg(json_build_object(

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -110,8 +111,15 @@ def _as_clause(reason: str) -> str:
     return f"{address}, {rest}" if rest else reason
 
 
-def deliver(event: ClaimedEvent, *, timeout_s: float, allow_private: bool) -> Attempt:
-    """Make one attempt to deliver ``event``, within ``timeout_s`` seconds in all."""
+def deliver(
+    event: ClaimedEvent,
+    *,
+    timeout_s: float,
+    allow_private: bool,
+    verify: ssl.SSLContext | bool = True,
+) -> Attempt:
+    """Make one attempt to deliver ``event``, within ``timeout_s`` seconds in all.
+    ``verify``: how https certificates are checked (default: the public CAs)."""
     started = time.monotonic()
 
     def took() -> int:
@@ -133,7 +141,9 @@ def deliver(event: ClaimedEvent, *, timeout_s: float, allow_private: bool) -> At
     extensions: dict[str, Any] = {"sni_hostname": host} if url.scheme == "https" else {}
     try:
         with (
-            httpx.Client(timeout=remaining, follow_redirects=False, trust_env=False) as client,
+            httpx.Client(
+                timeout=remaining, follow_redirects=False, trust_env=False, verify=verify
+            ) as client,
             client.stream(
                 "POST", url, content=event.body.encode(), headers=sent, extensions=extensions
             ) as response,

@@ -30,7 +30,7 @@ from workerd.settings import Settings
 log = logging.getLogger("workerd.webhooks")
 
 Send = Callable[[ClaimedEvent], Attempt]
-# How often a worker looks for events whose sender died.
+# How often (at most) a worker looks for events whose sender died.
 RESCUE_EVERY_S = 5.0
 
 
@@ -77,8 +77,10 @@ class Webhooks:
         )
         # The hard deadline of an attempt: its own timeout, and a little for the thread.
         self._deadline_s = timeout + 1.0
-        # Past the deadline and the write of the outcome: only a dead worker lets it expire.
-        self.lease_s = max(settings.lease_s, 2 * timeout + 10.0)
+        # Past the deadline and the write of the outcome (bounded by the session timeouts,
+        # sized to the lease): only a dead or stalled worker lets it expire.
+        self.lease_s = self._deadline_s + settings.lease_s
+        self._rescue_every_s = min(RESCUE_EVERY_S, self.lease_s / 2)
         self._flights: dict[str, _Flight] = {}
         self._finished: queue.SimpleQueue[tuple[ClaimedEvent, Attempt]] = queue.SimpleQueue()
         self._unrecorded: list[tuple[ClaimedEvent, Attempt]] = []
@@ -101,7 +103,7 @@ class Webhooks:
             return 0
         now = self._monotonic()
         if now >= self._next_rescue:
-            self._next_rescue = now + RESCUE_EVERY_S
+            self._next_rescue = now + self._rescue_every_s
             rescued = self._db.transaction(
                 lambda conn: webhooks.rescue(conn, max_attempts=len(self._delays) + 1)
             )
