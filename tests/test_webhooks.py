@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
 import shutil
 import signal
 import ssl
@@ -25,10 +26,13 @@ from standardwebhooks.webhooks import Webhook
 from schema import merging, queue, tenants, webhooks
 from schema.chunking import split_text
 from schema.errors import JobConflict
-from tests.processes import gunicorn, log_tail, start_worker, stop, wait_for
+from tests.conftest import PgServer
+from tests.processes import gunicorn, holding, log_tail, start_worker, stop, wait_for
 from tests.support import drain, make_worker
 from workerd.delivery import Attempt, deliver
 from workerd.providers import SimulatedProvider
+from workerd.settings import Settings
+from workerd.webhooks import retry_in
 
 TEXT = "Webhooks tell a client the moment its job is done. " * 20
 # Retries a moment apart, so a test sees several attempts in a second or two.
@@ -483,3 +487,63 @@ def test_deliver__over_https_connects_to_the_checked_address_and_verifies_the_na
     refused = attempt("127.0.0.1")
     assert refused.status_code is None and "certificate" in (refused.error or "").lower()
     assert len(receiver.at("/ok")) == 1
+
+
+def test_webhook__outcome_is_kept_through_a_database_outage_and_recorded_after(
+    pg_server: PgServer,
+    database_url: str,
+    db: psycopg.Connection[Any],
+    receiver: Receiver,
+    worker_log: Path,
+) -> None:
+    if not pg_server.controllable:
+        pytest.skip("needs the test's own PostgreSQL (TEST_DATABASE_URL is set)")
+    proc = start(database_url, worker_log, CHUNKQ_WEBHOOK_ALLOW_PRIVATE="1")
+    try:
+        job_id = enqueue(db, receiver.url("/slow"))
+        wait_for(lambda: receiver.at("/slow"), 30, "the attempt to reach the receiver")
+        db.close()
+        port = int(database_url.rsplit(":", 1)[1].split("/")[0])
+        pg_server.embedded.stop()
+        try:
+            with holding(port):
+                # The attempt ends while the database is away: its outcome cannot be written,
+                # and the sender goes on trying (each try logs a line) until it can.
+                receiver.release.set()
+                wait_for(lambda: "/slow" in receiver.finished, 30, "the answer to be sent")
+                tries = worker_log.read_text().count("webhooks: database unavailable")
+                wait_for(
+                    lambda: worker_log.read_text().count("webhooks: database unavailable") > tries,
+                    30,
+                    "the sender to try again during the outage",
+                    interval=0.05,
+                )
+        finally:
+            pg_server.embedded.start()
+        with psycopg.connect(database_url, autocommit=True) as again:
+            event = wait_for(
+                lambda: event_where(again, job_id, "delivered"),
+                30,
+                f"the outcome to be recorded; worker log:\n{log_tail(worker_log)}",
+                interval=0.1,
+            )
+        assert [d["status_code"] for d in event["deliveries"]] == [204]
+        assert proc.poll() is None, "the worker died during the outage"
+    finally:
+        receiver.release.set()
+        assert stop(proc) == 0, log_tail(worker_log)
+    assert len(receiver.at("/slow")) == 1
+
+
+def test_retry_schedule__first_retry_within_30s_and_retries_for_at_least_a_day() -> None:
+    delays = Settings().webhook_delays
+    for seed in range(20):
+        rng = random.Random(seed)
+        waits = [retry_in(attempt, delays, rng) for attempt in range(1, len(delays) + 2)]
+        assert waits[-1] is None  # the schedule is spent: the event fails
+        spent = [w for w in waits if w is not None]
+        assert len(spent) == len(delays) and spent[0] <= 30
+        assert sum(spent) >= 24 * 3600
+    assert Settings.from_env({"CHUNKQ_WEBHOOK_RETRY_S": "0.5, 2"}).webhook_delays == (0.5, 2.0)
+    with pytest.raises(ValueError, match="CHUNKQ_WEBHOOK_RETRY_S"):
+        Settings.from_env({"CHUNKQ_WEBHOOK_RETRY_S": "5,soon"})
