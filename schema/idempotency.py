@@ -15,8 +15,8 @@ from typing import Any
 
 import psycopg
 
+from schema.clock import NOW
 from schema.errors import IdempotencyMismatch
-from schema.queue.sql import NOW
 
 # How long a key is kept: at least a day, as Stripe does.
 KEEP_S = 24 * 3600

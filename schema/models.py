@@ -281,7 +281,8 @@ class WebhookEvent(Base):
             "lease_expires_at",
             postgresql_where=text("status = 'running'"),
         ),
-        Index("webhook_events_job_id_idx", "job_id"),
+        # One terminal event per job.
+        Index("webhook_events_job_id_idx", "job_id", unique=True),
     )
 
     id: Mapped[str] = mapped_column(Text, primary_key=True)
@@ -317,7 +318,8 @@ class WebhookDelivery(Base):
     at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
-    duration_ms: Mapped[int] = mapped_column(Integer)
+    # None: unknown, the attempt's worker was lost before it recorded the outcome.
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
     worker_id: Mapped[str | None] = mapped_column(Text)
 
 

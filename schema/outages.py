@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from schema.queue import NOW
+from schema.clock import NOW
 
 
 @dataclass(frozen=True, slots=True)

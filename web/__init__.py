@@ -72,13 +72,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     app.extensions["chunkq.merge"] = functools.cache(lambda: _merge(app.config["PROVIDER"]))
 
-    from web import analyze, auth, health, listing, problems
+    from web import analyze, auth, health, listing, problems, webhooks
 
     problems.register(app)
     auth.register(app)
     app.register_blueprint(analyze.bp)
     app.register_blueprint(listing.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(webhooks.bp)
     return app
 
 

@@ -37,6 +37,15 @@ class Settings:
     # success between) open it; while open, one probe at a time, spaced up to circuit_max_s.
     circuit_threshold: int = 3
     circuit_max_s: float = 15.0
+    # Webhooks: the longest one delivery attempt may take, end to end (name lookup, connect,
+    # send, the answer's status); the waits before each retry, in seconds (after the last,
+    # the event is failed: about 27 h by default); deliveries in flight in this process; how
+    # often the outbox is polled for due events; and whether private targets are allowed.
+    webhook_timeout_s: float = 10.0
+    webhook_retry_s: str = "5,300,1800,7200,18000,36000,36000"
+    webhook_concurrency: int = 8
+    webhook_poll_s: float = 1.0
+    webhook_allow_private: bool = False
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -61,6 +70,27 @@ class Settings:
             raise ValueError("CHUNKQ_CIRCUIT_THRESHOLD must be at least 1")
         if not self.circuit_max_s > 0:
             raise ValueError("CHUNKQ_CIRCUIT_MAX_S must be positive")
+        if not self.webhook_timeout_s > 0:
+            raise ValueError("CHUNKQ_WEBHOOK_TIMEOUT_S must be positive")
+        if self.webhook_concurrency < 1:
+            raise ValueError("CHUNKQ_WEBHOOK_CONCURRENCY must be at least 1")
+        if not self.webhook_poll_s > 0:
+            raise ValueError("CHUNKQ_WEBHOOK_POLL_S must be positive")
+        self.webhook_delays  # noqa: B018 (a malformed schedule fails here, not at delivery)
+
+    @property
+    def webhook_delays(self) -> tuple[float, ...]:
+        """CHUNKQ_WEBHOOK_RETRY_S as seconds: the wait before retry 1, 2, ..."""
+        try:
+            delays = tuple(float(part) for part in self.webhook_retry_s.split(",") if part.strip())
+        except ValueError as exc:
+            raise ValueError(
+                f"CHUNKQ_WEBHOOK_RETRY_S={self.webhook_retry_s!r} is not a comma-separated"
+                " list of seconds"
+            ) from exc
+        if any(not delay >= 0 for delay in delays):
+            raise ValueError("CHUNKQ_WEBHOOK_RETRY_S must not hold a negative delay")
+        return delays
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -122,4 +152,9 @@ ENVIRONMENT = {
     "retry_after_max_s": "CHUNKQ_RETRY_AFTER_MAX_S",
     "circuit_threshold": "CHUNKQ_CIRCUIT_THRESHOLD",
     "circuit_max_s": "CHUNKQ_CIRCUIT_MAX_S",
+    "webhook_timeout_s": "CHUNKQ_WEBHOOK_TIMEOUT_S",
+    "webhook_retry_s": "CHUNKQ_WEBHOOK_RETRY_S",
+    "webhook_concurrency": "CHUNKQ_WEBHOOK_CONCURRENCY",
+    "webhook_poll_s": "CHUNKQ_WEBHOOK_POLL_S",
+    "webhook_allow_private": "CHUNKQ_WEBHOOK_ALLOW_PRIVATE",
 }

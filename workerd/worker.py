@@ -32,6 +32,7 @@ from workerd.providers import Provider, can_reduce, circuit_key, merge_by_name
 from workerd.recorder import Recorder
 from workerd.settings import Settings
 from workerd.step import Step
+from workerd.webhooks import Webhooks
 
 log = logging.getLogger("workerd")
 
@@ -103,6 +104,8 @@ class Worker:
         )
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        # Delivers the outbox's webhook events on threads and a connection of its own.
+        self.webhooks = Webhooks(settings, connect, self.worker_id, stopping=self.stopping)
         # Set when a job was cancelled somewhere: check our leases now, not at the heartbeat.
         self.leases_changed = threading.Event()
         # False while a LISTEN connection is being re-established: poll briskly meanwhile.
@@ -251,6 +254,7 @@ class Worker:
         return self._db.transaction(fn)
 
     def close(self) -> None:
+        self.webhooks.stop()
         if self._pool is not None:
             self._pool.stop()
         self._db.close()
@@ -258,8 +262,10 @@ class Worker:
     # -- what the loop asks ------------------------------------------------------------
 
     def start(self) -> None:
-        """Run attempts on a pool of threads from now on (``run_once`` alone runs them inline)."""
+        """Run attempts on a pool of threads from now on (``run_once`` alone runs them inline),
+        and start delivering webhooks."""
         self._pool = AttemptPool(self.concurrency, self._done)
+        self.webhooks.start()
 
     @property
     def busy(self) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 
+from schema import webhooks
 from schema.errors import JobConflict, JobNotFound
 from schema.queue.finalize import summary
 from schema.queue.outcomes import Merge
@@ -58,7 +59,8 @@ def cancel(
     writes, which no longer match (status is not running), so its late result is dropped.
     The 'cancel' notice tells workers to check their leases at once, so this job's attempts
     stop (and free their slots) rather than at the next heartbeat. Raises JobNotFound, or
-    JobConflict for a terminal job. With ``owner``, another tenant's job is not found.
+    JobConflict for a terminal job. With ``owner``, another tenant's job is not found. The
+    job's webhook event, if it has a webhook, is written to the outbox in this transaction.
     """
     row = conn.execute(
         """SELECT status FROM jobs
@@ -74,4 +76,5 @@ def cancel(
     # The 100,000 entries are sorted by seq in memory rather than in temporary files.
     conn.execute("SET LOCAL work_mem = '64MB'")
     conn.execute(_CANCEL, {"id": job_id, "now": now, "summary": text})
+    webhooks.add_event(conn, job_id, now=now)
     return JobStatus.CANCELLED

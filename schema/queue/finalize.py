@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 
+from schema import webhooks
 from schema.queue import reductions
 from schema.queue.outcomes import Merge
 from schema.queue.sql import NOW, jsonb_text
@@ -33,7 +34,8 @@ def finalize(
     terminal yet, so however many transactions race here, exactly one finalizes. Returns
     the new status, or None when there was nothing to do. A job that asked for the reduce
     step gets it queued here, unless the provider has none (``reduces``). A merge that
-    fails ends the job all the same (see ``summary``).
+    fails ends the job all the same (see ``summary``). The job's webhook event, if it has a
+    webhook, is written to the outbox in this same transaction.
     """
     row = conn.execute(
         "SELECT status, chunks_total, chunks_completed, chunks_failed, options FROM jobs"
@@ -71,6 +73,7 @@ def finalize(
             "now": now,
         },
     )
+    webhooks.add_event(conn, job_id, now=now)
     return new_status
 
 

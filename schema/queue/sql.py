@@ -9,6 +9,8 @@ import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from schema import clock
+
 if TYPE_CHECKING:
     from schema.queue.outcomes import ClaimedChunk
 
@@ -21,7 +23,7 @@ CAP_LOCK_KEY = 0x6368756E6B71
 RESCUE_LOCK_KEY = 0x6368756E6B7172
 
 # `now` as a parameter, or the database's clock when the caller passes None.
-NOW = "COALESCE(%(now)s::timestamptz, now())"
+NOW = clock.NOW
 
 
 def jsonb_text(value: Any) -> str:

@@ -139,7 +139,8 @@ def upgrade() -> None:
         ["lease_expires_at"],
         postgresql_where=sa.text("status = 'running'"),
     )
-    op.create_index("webhook_events_job_id_idx", "webhook_events", ["job_id"])
+    # One terminal event per job: the outbox insert relies on it (ON CONFLICT DO NOTHING).
+    op.create_index("webhook_events_job_id_idx", "webhook_events", ["job_id"], unique=True)
 
     op.create_table(
         "webhook_deliveries",
@@ -149,7 +150,8 @@ def upgrade() -> None:
         _at("at", server_default=sa.text("now()"), nullable=False),
         sa.Column("status_code", sa.Integer(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
-        sa.Column("duration_ms", sa.Integer(), nullable=False),
+        # NULL: unknown (the attempt's worker was lost before it recorded the outcome).
+        sa.Column("duration_ms", sa.Integer(), nullable=True),
         sa.Column("worker_id", sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(
             ["event_id"],
