@@ -84,6 +84,10 @@ def healthy(base: str) -> bool:
         return False
 
 
+def bearer(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def finished_job(base: str, job_id: str, timeout: float = 60) -> dict[str, Any]:
     """Poll the API until the job is terminal; returns its report."""
 
@@ -170,7 +174,8 @@ def chunkq_home() -> Iterator[tuple[Path, Path]]:
 
 # -- help, version, options -------------------------------------------------------------
 
-COMMANDS = ["up", "submit", "status", "migrate", "down", "prune"]
+COMMANDS = ["up", "submit", "status", "keys", "migrate", "down", "prune"]
+KEYS_COMMANDS = ["create", "list", "revoke", "limits"]
 
 
 def test_help__lists_every_command_on_one_line_with_its_summary() -> None:
@@ -193,6 +198,21 @@ def test_help__of_each_command_documents_every_option(command: str) -> None:
     for option in options:
         assert option.help, f"{command} {option.opts[0]} has no help"
         assert option.opts[0] in done.stdout
+
+
+@pytest.mark.parametrize("command", KEYS_COMMANDS)
+def test_help__of_each_keys_command_documents_every_option(command: str) -> None:
+    done = invoke("keys", command, "--help")
+    assert done.exit_code == 0, done.stderr
+    assert done.stdout.startswith(f"Usage: chunkq keys {command} "), done.stdout
+    group = cli.commands["keys"]
+    assert isinstance(group, click.Group)
+    for option in (p for p in group.commands[command].params if isinstance(p, click.Option)):
+        assert option.help, f"keys {command} {option.opts[0]} has no help"
+        assert option.opts[0] in done.stdout
+    listed = invoke("keys", "--help")
+    block = listed.stdout.split("Commands:\n", 1)[1].split("\n\n", 1)[0]
+    assert [line.split()[0] for line in block.splitlines()] == KEYS_COMMANDS, block
 
 
 def test_version__is_the_installed_distributions() -> None:
@@ -587,6 +607,122 @@ def test_prune__deletes_old_finished_jobs(database_url: str, args: list[str], se
     done = invoke("prune", *args, DATABASE_URL=database_url)
     assert done.exit_code == 0, done.stderr
     assert f"deleted 0 finished jobs older than {seconds} s" in done.stdout
+
+
+# -- keys -------------------------------------------------------------------------------
+
+
+def authenticates(database_url: str, key: str) -> bool:
+    import psycopg
+
+    from schema import tenants
+
+    with psycopg.connect(database_url) as conn:
+        return tenants.authenticate(conn, key) is not None
+
+
+def listed_keys(database_url: str) -> list[dict[str, Any]]:
+    done = invoke("keys", "list", "--json", DATABASE_URL=database_url)
+    assert done.exit_code == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+@pytest.mark.slow
+def test_keys__create_list_revoke_and_a_revoked_key_gets_401(database_url: str) -> None:
+    made = invoke(
+        "keys", "create", "--name", "ci", "--max-jobs-in-flight", "3", DATABASE_URL=database_url
+    )
+    assert made.exit_code == 0, made.stderr
+    key = re.search(r"API key: +(cq_\S+)", made.stdout)
+    secret = re.search(r"webhook signing secret: +(whsec_\S+)", made.stdout)
+    key_id = re.search(r"key id: +(key_\S+)", made.stdout)
+    assert key and secret and key_id, made.stdout
+    assert "shown only now, never again" in made.stdout
+    assert "database: DATABASE_URL" in made.stderr
+    assert authenticates(database_url, key.group(1))
+
+    scripted = invoke("keys", "create", "--json", DATABASE_URL=database_url)
+    assert scripted.exit_code == 0, scripted.stderr
+    second = json.loads(scripted.stdout)
+    assert second["key"].startswith("cq_") and second["webhook_secret"].startswith("whsec_")
+    assert (second["name"], second["max_jobs_in_flight"]) == ("unnamed", None)
+
+    table = invoke("keys", "list", DATABASE_URL=database_url)
+    assert table.exit_code == 0, table.stderr
+    assert key.group(1) not in table.stdout and secret.group(1) not in table.stdout
+    line = next(row for row in table.stdout.splitlines() if row.startswith(key_id.group(1)))
+    assert line.split()[1:2] == ["ci"] and "active" in line and "3" in line.split()
+    rows = listed_keys(database_url)
+    assert [(r["id"], r["name"], r["active"]) for r in rows] == [
+        (key_id.group(1), "ci", True),
+        (second["id"], "unnamed", True),
+    ]
+    assert rows[0]["max_jobs_in_flight"] == 3 and rows[0]["max_queued_chunks"] is None
+    assert "cq_" not in json.dumps(rows) and "whsec_" not in json.dumps(rows)
+
+    with gunicorn(database_url, workers=1, CHUNKQ_AUTH="on") as base:
+        # No such job: 404 for a key that opens the API, 401 for one that does not.
+        jobs = f"{base}/v1/analyze/00000000-0000-0000-0000-000000000000"
+        assert httpx.get(jobs, headers=bearer(key.group(1)), timeout=5).status_code == 404
+        revoked = invoke("keys", "revoke", key_id.group(1), DATABASE_URL=database_url)
+        assert revoked.exit_code == 0, revoked.stderr
+        assert f"revoked key {key_id.group(1)}" in revoked.stdout
+        refused = httpx.get(jobs, headers=bearer(key.group(1)), timeout=5)
+        assert refused.status_code == 401
+        assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+        assert httpx.get(jobs, headers=bearer(second["key"]), timeout=5).status_code == 404
+    assert not authenticates(database_url, key.group(1))
+    assert [r["active"] for r in listed_keys(database_url)] == [False, True]
+    again = invoke("keys", "revoke", key_id.group(1), DATABASE_URL=database_url)
+    assert again.exit_code == 0 and "already revoked" in again.stdout, again.stderr
+
+
+def test_keys__revoke_or_limits_of_an_unknown_id_is_a_clear_error(database_url: str) -> None:
+    for args in (["revoke", "key_0000"], ["limits", "key_0000", "--max-jobs-in-flight", "1"]):
+        done = invoke("keys", *args, DATABASE_URL=database_url)
+        assert done.exit_code == 2, done.stderr
+        assert "no API key has the id 'key_0000'" in done.stderr
+        assert "chunkq keys list" in done.stderr
+    pasted = invoke("keys", "revoke", "cq_abc_def", DATABASE_URL=database_url)
+    assert pasted.exit_code == 2 and "that is a key, not its id" in pasted.stderr
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "many", "1.5", "", str(2**31)])
+@pytest.mark.parametrize("option", ["--max-jobs-in-flight", "--max-queued-chunks"])
+def test_keys__a_limit_that_is_not_a_positive_number_is_a_usage_error_and_writes_nothing(
+    database_url: str, option: str, bad: str
+) -> None:
+    existing = json.loads(invoke("keys", "create", "--json", DATABASE_URL=database_url).stdout)
+    for args in (["create", f"{option}={bad}"], ["limits", existing["id"], f"{option}={bad}"]):
+        done = invoke("keys", *args, DATABASE_URL=database_url)
+        assert done.exit_code == 2, done.stderr
+        assert f"Invalid value for '{option}'" in done.stderr, done.stderr
+        assert done.stdout == ""
+    (only,) = listed_keys(database_url)
+    assert (only["max_jobs_in_flight"], only["max_queued_chunks"]) == (None, None)
+
+
+def test_keys_limits__sets_clears_and_keeps_what_is_not_given(database_url: str) -> None:
+    made = json.loads(invoke("keys", "create", "--json", DATABASE_URL=database_url).stdout)
+
+    def limits(*args: str) -> tuple[int | None, int | None]:
+        done = invoke("keys", "limits", made["id"], *args, DATABASE_URL=database_url)
+        assert done.exit_code == 0, done.stderr
+        (row,) = listed_keys(database_url)
+        return row["max_jobs_in_flight"], row["max_queued_chunks"]
+
+    assert limits("--max-jobs-in-flight", "2", "--max-queued-chunks", "500") == (2, 500)
+    assert limits("--max-queued-chunks", "none") == (2, None)
+    assert limits("--max-jobs-in-flight", "NONE", "--max-queued-chunks", "7") == (None, 7)
+    neither = invoke("keys", "limits", made["id"], DATABASE_URL=database_url)
+    assert neither.exit_code == 2
+    assert "give --max-jobs-in-flight, --max-queued-chunks or both" in neither.stderr
+
+
+def test_keys_create__an_empty_name_is_a_usage_error(database_url: str) -> None:
+    done = invoke("keys", "create", "--name", " ", DATABASE_URL=database_url)
+    assert done.exit_code == 2 and "'--name'" in done.stderr
+    assert listed_keys(database_url) == []
 
 
 # -- up ---------------------------------------------------------------------------------
