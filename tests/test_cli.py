@@ -88,11 +88,13 @@ def bearer(key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-def finished_job(base: str, job_id: str, timeout: float = 60) -> dict[str, Any]:
-    """Poll the API until the job is terminal; returns its report."""
+def finished_job(
+    base: str, job_id: str, timeout: float = 60, key: str | None = None
+) -> dict[str, Any]:
+    """Poll the API (with ``key``, if given) until the job is terminal; returns its report."""
 
     def terminal() -> dict[str, Any] | None:
-        report = httpx.get(f"{base}/v1/analyze/{job_id}", timeout=5).json()
+        report = httpx.get(f"{base}/v1/analyze/{job_id}", headers=bearer(key), timeout=5).json()
         return report if report["status"] not in ("PENDING", "PROCESSING") else None
 
     return dict(wait_for(terminal, timeout, f"job {job_id} to finish"))
@@ -738,8 +740,8 @@ def chunkq_up(
     env: dict[str, str], *args: str, banner: list[str] | None = None
 ) -> Iterator[tuple[subprocess.Popen[str], str, list[str]]]:
     """Start ``chunkq up --port 0`` and yield it with its base URL once it says it is up, and
-    the lines of its stderr (all of them once the block has ended); the line that says it
-    is up goes into ``banner``."""
+    the lines of its stderr (all of them once the block has ended); the banner's lines, from
+    the one that says it is up to the one that says how to stop it, go into ``banner``."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "chunkq", "up", "--port", "0", *args],
         cwd=ROOT,
@@ -766,7 +768,10 @@ def chunkq_up(
                 assert proc.poll() is None, "chunkq up exited:\n" + "".join(log)
                 continue
             if match := re.search(r"chunkq is up: (http://\S+)", line):
-                (banner if banner is not None else []).append(line)
+                shown = banner if banner is not None else []
+                shown.append(line)
+                while "stop: Ctrl-C" not in shown[-1]:
+                    shown.append(lines.get(timeout=10))
                 break
         known = children(proc)
         yield proc, match.group(1), log
@@ -788,21 +793,27 @@ def kinds(processes: list[psutil.Process]) -> set[str]:
     return found
 
 
-def submit_and_finish(base: str, text: str) -> dict[str, Any]:
-    response = httpx.post(f"{base}/v1/analyze", json={"raw_text": text, "max_chunk_chars": 200})
+def submit_and_finish(base: str, text: str, key: str | None = None) -> dict[str, Any]:
+    body = {"raw_text": text, "max_chunk_chars": 200}
+    response = httpx.post(f"{base}/v1/analyze", json=body, headers=bearer(key))
     assert response.status_code == 202, response.text
-    return finished_job(base, response.json()["job_id"])
+    return finished_job(base, response.json()["job_id"], key=key)
+
+
+def kept_key(home: Path) -> str:
+    """The key ``chunkq up`` keeps under ``home``."""
+    return (home / "api_key").read_text().strip()
 
 
 @pytest.mark.slow
 def test_up__serves_restarts_a_dead_child_and_stops_everything_on_sigterm(
-    database_url: str,
+    database_url: str, tmp_path: Path
 ) -> None:
-    env = cli_env(DATABASE_URL=database_url, CHUNKQ_PROVIDER="simulated")
+    env = cli_env(DATABASE_URL=database_url, CHUNKQ_PROVIDER="simulated", CHUNKQ_HOME=str(tmp_path))
     with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, base, log):
         seen = children(up)
         assert kinds(seen) == {"gunicorn", "workerd"}
-        assert submit_and_finish(base, TEXT)["status"] == "COMPLETED"
+        assert submit_and_finish(base, TEXT, kept_key(tmp_path))["status"] == "COMPLETED"
 
         # A dead gunicorn is replaced, and the API answers again, on the same port.
         master = next(p for p in psutil.Process(up.pid).children() if "gunicorn" in p.cmdline())
@@ -820,13 +831,34 @@ def test_up__serves_restarts_a_dead_child_and_stops_everything_on_sigterm(
 
 
 @pytest.mark.slow
-def test_up__children_exit_when_the_supervisor_is_killed(database_url: str) -> None:
-    env = cli_env(DATABASE_URL=database_url, CHUNKQ_PROVIDER="simulated")
+def test_up__children_exit_when_the_supervisor_is_killed(database_url: str, tmp_path: Path) -> None:
+    env = cli_env(DATABASE_URL=database_url, CHUNKQ_PROVIDER="simulated", CHUNKQ_HOME=str(tmp_path))
     with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, _base, _log):
         seen = children(up)
         up.kill()  # no chance to clean up: the children must notice on their own
         up.wait()
         wait_for(lambda: alive(seen) == [], 40, "orphaned children to exit")
+
+
+@pytest.mark.slow
+def test_up__with_auth_off_makes_no_key_and_says_so(database_url: str, tmp_path: Path) -> None:
+    env = cli_env(DATABASE_URL=database_url, CHUNKQ_HOME=str(tmp_path), CHUNKQ_AUTH="off")
+    banner: list[str] = []
+    with chunkq_up(env, "--workers", "0", "--web-workers", "1", banner=banner) as (up, base, _):
+        assert any("auth is off (CHUNKQ_AUTH=off)" in line for line in banner), banner
+        assert not (tmp_path / "api_key").exists()
+        # The API takes a request without a key.
+        response = httpx.post(f"{base}/v1/analyze", json={"raw_text": "no key"}, timeout=10)
+        assert response.status_code == 202, response.text
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+    assert listed_keys(database_url) == []
+
+
+def test_up__a_garbled_auth_setting_fails_fast() -> None:
+    done = invoke("up", "--port", "0", CHUNKQ_AUTH="maybe", DATABASE_URL="postgresql://unused/x")
+    assert done.exit_code == 2
+    assert "CHUNKQ_AUTH" in done.stderr and "'maybe'" in done.stderr
 
 
 def test_up__port_in_use_fails_fast_and_clearly() -> None:
@@ -854,7 +886,8 @@ def test_up__embedded_database_stops_on_sigint_and_keeps_data_for_the_next_run(
     env = cli_env(CHUNKQ_HOME=str(home), CHUNKQ_PROVIDER="simulated")
     with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, base, _log):
         assert postgres_serving(datadir), "no embedded postgres serving the data dir"
-        report = submit_and_finish(base, TEXT)
+        key = kept_key(home)
+        report = submit_and_finish(base, TEXT, key)
         assert report["status"] == "COMPLETED"
         seen = children(up)
         up.send_signal(signal.SIGINT)
@@ -863,11 +896,19 @@ def test_up__embedded_database_stops_on_sigint_and_keeps_data_for_the_next_run(
     assert postgres_serving(datadir) == []
 
     with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, base, _log):
-        again = httpx.get(f"{base}/v1/analyze/{report['job_id']}", timeout=5)
+        again = httpx.get(f"{base}/v1/analyze/{report['job_id']}", headers=bearer(key), timeout=5)
         assert again.status_code == 200
         assert again.json()["analysis_result"] == report["analysis_result"]
+        assert kept_key(home) == key
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
+    assert postgres_serving(datadir) == []
+
+    # `keys` starts the embedded server for itself, and stops it after.
+    listed = invoke("keys", "list", "--json", CHUNKQ_HOME=str(home))
+    assert listed.exit_code == 0, listed.stderr
+    assert [(k["name"], k["active"]) for k in json.loads(listed.stdout)] == [("chunkq up", True)]
+    assert "stopped the embedded PostgreSQL" in listed.stderr
     assert postgres_serving(datadir) == []
 
 
