@@ -211,7 +211,8 @@ def _poll_interval(ctx: click.Context, param: click.Parameter, value: float) -> 
 
 
 def _follow_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The options ``submit`` and ``status`` share: which server, and whether to follow."""
+    """The options ``submit`` and ``status`` share: which server, with which key, whether to
+    follow, and what to print."""
     command = click.option(
         "--interval",
         type=float,
@@ -228,6 +229,21 @@ def _follow_options(command: Callable[..., Any]) -> Callable[..., Any]:
         metavar="URL",
         help="The chunkq server.",
     )(command)
+    command = click.option(
+        "--api-key",
+        envvar="CHUNKQ_API_KEY",
+        show_envvar=True,
+        metavar="KEY",
+        help="The API key to send (Authorization: Bearer). Unset, against a server on this"
+        " machine: the key `chunkq up` keeps in $CHUNKQ_HOME/api_key, if there is one.",
+    )(command)
+    command = click.option(
+        "--summary",
+        is_flag=True,
+        help="Wait for the job to finish (implies --wait), then print only"
+        " analysis_result.summary; when the job has a reduce step, print"
+        ' {"summary": ..., "reduce": ...} once the reduce has finished too.',
+    )(command)
     return click.option(
         "--wait", is_flag=True, help="Follow the job to the end, then print its final JSON."
     )(command)
@@ -237,25 +253,47 @@ def _follow_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.argument("file", metavar="FILE")
 @click.option("--max-chunk-chars", type=int, default=2000, metavar="N", help="The longest chunk.")
 @_follow_options
-def submit(file: str, max_chunk_chars: int, wait: bool, url: str, interval: float) -> int:
+def submit(
+    file: str,
+    max_chunk_chars: int,
+    wait: bool,
+    summary: bool,
+    api_key: str | None,
+    url: str,
+    interval: float,
+) -> int:
     """Submit a text for analysis.
 
     FILE is a UTF-8 text file, or - for stdin. Prints the accepted job as JSON; with --wait,
-    shows progress on stderr and prints the final report.
+    shows progress on stderr and prints the final report; with --summary, waits the same
+    way and prints only the summary.
     """
     from chunkq.client import submit_file
 
-    return submit_file(file, url=url, max_chunk_chars=max_chunk_chars, wait=wait, interval=interval)
+    return submit_file(
+        file,
+        url=url,
+        max_chunk_chars=max_chunk_chars,
+        wait=wait,
+        interval=interval,
+        api_key=api_key,
+        summary=summary,
+    )
 
 
 @cli.command(short_help="Show a job's report (--wait: follow it to the end).", epilog=EPILOG)
 @click.argument("job_id", metavar="JOB_ID")
 @_follow_options
-def status(job_id: str, wait: bool, url: str, interval: float) -> int:
-    """Show a job's report as JSON (with --wait: follow it to the end)."""
+def status(
+    job_id: str, wait: bool, summary: bool, api_key: str | None, url: str, interval: float
+) -> int:
+    """Show a job's report as JSON (with --wait: follow it to the end; with --summary:
+    follow it, then print only its summary)."""
     from chunkq.client import show_status
 
-    return show_status(job_id, url=url, wait=wait, interval=interval)
+    return show_status(
+        job_id, url=url, wait=wait, interval=interval, api_key=api_key, summary=summary
+    )
 
 
 KEYS_EPILOG = """\b

@@ -217,6 +217,12 @@ def test_help__of_each_keys_command_documents_every_option(command: str) -> None
     assert [line.split()[0] for line in block.splitlines()] == KEYS_COMMANDS, block
 
 
+def test_help__summary_says_it_waits() -> None:
+    for command in ("submit", "status"):
+        text = " ".join(invoke(command, "--help").stdout.split())
+        assert "--summary Wait for the job to finish (implies --wait)" in text, text
+
+
 def test_version__is_the_installed_distributions() -> None:
     expected = f"chunkq {importlib.metadata.version('chunkq')}\n"
     assert invoke("--version").stdout == expected
@@ -314,12 +320,27 @@ def test_submit_and_status__defaults_and_url_from_the_environment(
         invoke("status", "--wait", "J", "--url", "http://x:2", CHUNKQ_URL="http://h:1").exit_code
         == 4
     )
+    assert invoke("status", "J", "--summary", CHUNKQ_API_KEY="cq_env").exit_code == 4
+    assert invoke("submit", "-", "--api-key", "cq_flag", CHUNKQ_API_KEY="cq_env").exit_code == 3
     local, follow = "http://127.0.0.1:8000", {"wait": True, "interval": 0.1}
+    plain = {"api_key": None, "summary": False}
     assert calls == [
-        ("-", {"url": local, "max_chunk_chars": 2000, "wait": False, "interval": 0.5}),
-        ("t.txt", {"url": "http://h:1", "max_chunk_chars": 300, **follow}),
-        ("J", {"url": local, "wait": False, "interval": 0.5}),
-        ("J", {"url": "http://x:2", "wait": True, "interval": 0.5}),
+        ("-", {"url": local, "max_chunk_chars": 2000, "wait": False, "interval": 0.5, **plain}),
+        ("t.txt", {"url": "http://h:1", "max_chunk_chars": 300, **follow, **plain}),
+        ("J", {"url": local, "wait": False, "interval": 0.5, **plain}),
+        ("J", {"url": "http://x:2", "wait": True, "interval": 0.5, **plain}),
+        ("J", {"url": local, "wait": False, "interval": 0.5, "api_key": "cq_env", "summary": True}),
+        (
+            "-",
+            {
+                "url": local,
+                "max_chunk_chars": 2000,
+                "wait": False,
+                "interval": 0.5,
+                "api_key": "cq_flag",
+                "summary": False,
+            },
+        ),
     ]
 
 
@@ -566,6 +587,106 @@ def test_submit__closed_port_says_not_reachable(tmp_path: Path) -> None:
     assert done.exit_code == 1
     assert f"not reachable at {url}" in done.stderr
     assert "chunkq up" in done.stderr
+
+
+# -- keys on the client's side -------------------------------------------------------------
+
+
+def test_local_key__is_sent_unasked_only_to_a_server_on_this_machine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from chunkq.client import api_key_for
+
+    monkeypatch.setenv("CHUNKQ_HOME", str(tmp_path))
+    assert api_key_for("http://127.0.0.1:8000", None) is None  # no file yet
+    (tmp_path / "api_key").write_text("cq_kept_key\n")
+    for url in (
+        "http://127.0.0.1:8000",
+        "http://localhost:1",
+        "http://127.9.9.9",
+        "http://[::1]:80",
+    ):
+        found = api_key_for(url, None)
+        assert found is not None and found.key == "cq_kept_key", url
+        assert found.source == str(tmp_path / "api_key")
+    for url in ("http://example.com", "https://10.0.0.1:8000", "http://localhost.example.com"):
+        assert api_key_for(url, None) is None, url
+    given = api_key_for("http://example.com", " cq_given ")
+    assert given is not None and given.key == "cq_given"
+
+
+@pytest.mark.slow
+def test_submit__api_key_and_its_401s_against_a_server_with_auth(
+    database_url: str, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    start_worker()
+    made = invoke("keys", "create", "--json", DATABASE_URL=database_url)
+    key = json.loads(made.stdout)["key"]
+    path = tmp_path / "text.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    home = tmp_path / "home"  # no api_key in it: only what the test passes is sent
+    with gunicorn(database_url, workers=1, CHUNKQ_AUTH="on", CHUNKQ_PROVIDER="simulated") as base:
+        args = ("--url", base, "--interval", "0.1")
+        done = invoke("submit", str(path), "--wait", *args, "--api-key", key, CHUNKQ_HOME=str(home))
+        assert done.exit_code == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["status"] == "COMPLETED"
+        shown = invoke("status", report["job_id"], *args, CHUNKQ_API_KEY=key, CHUNKQ_HOME=str(home))
+        assert shown.exit_code == 0, shown.stderr
+        assert json.loads(shown.stdout)["job_id"] == report["job_id"]
+
+        none = invoke("submit", str(path), *args, CHUNKQ_HOME=str(home))
+        assert none.exit_code == 2 and none.stdout == ""
+        assert f"{base} needs an API key (401)" in none.stderr
+        assert "--api-key KEY or set CHUNKQ_API_KEY" in none.stderr
+
+        for status_args in ([], ["--wait"], ["--summary"]):
+            bad = invoke("status", report["job_id"], *status_args, *args, "--api-key", "cq_0_wrong")
+            assert bad.exit_code == 2 and bad.stdout == "", bad.stderr
+            assert "refused the API key from --api-key / CHUNKQ_API_KEY (401)" in bad.stderr
+
+        home.mkdir()
+        (home / "api_key").write_text("cq_0_revoked_long_ago\n")
+        stale = invoke("submit", str(path), *args, CHUNKQ_HOME=str(home))
+        assert stale.exit_code == 2
+        assert f"refused the API key from {home / 'api_key'} (401)" in stale.stderr
+        assert "unknown or revoked" in stale.stderr
+
+
+@pytest.mark.slow
+def test_submit_summary__prints_only_the_summary(
+    api: str, start_worker: Callable[..., Any]
+) -> None:
+    start_worker()
+    args = ("--url", api, "--max-chunk-chars", "300", "--interval", "0.1")
+    done = invoke("submit", "-", "--summary", *args, input=TEXT)
+    assert done.exit_code == 0, done.stderr
+    summary = json.loads(done.stdout)
+    job_id = re.search(r"submitted job (\S+)", done.stderr)
+    assert job_id, done.stderr
+    report = finished_job(api, job_id.group(1))
+    assert report["chunks_total"] > 5
+    assert summary == report["analysis_result"]["summary"]
+    assert re.search(r"COMPLETED 100\.0%", done.stderr), done.stderr
+
+    shown = invoke("status", job_id.group(1), "--summary", "--url", api)
+    assert shown.exit_code == 0, shown.stderr
+    assert json.loads(shown.stdout) == summary
+
+
+@pytest.mark.slow
+def test_submit_summary__waits_for_the_reduce_step_and_prints_it_too(
+    database_url: str, start_worker: Callable[..., Any]
+) -> None:
+    start_worker()
+    with gunicorn(database_url, workers=1, CHUNKQ_REDUCE="on", CHUNKQ_PROVIDER="simulated") as base:
+        args = ("--url", base, "--max-chunk-chars", "300", "--interval", "0.1")
+        done = invoke("submit", "-", "--summary", *args, input=TEXT)
+    assert done.exit_code == 0, done.stderr
+    printed = json.loads(done.stdout)
+    assert set(printed) == {"summary", "reduce"}
+    assert printed["reduce"]["status"] == "succeeded", printed["reduce"]
+    assert printed["reduce"]["result"]["chunks"] > 5
 
 
 # -- migrate ----------------------------------------------------------------------------
@@ -838,6 +959,58 @@ def test_up__children_exit_when_the_supervisor_is_killed(database_url: str, tmp_
         up.kill()  # no chance to clean up: the children must notice on their own
         up.wait()
         wait_for(lambda: alive(seen) == [], 40, "orphaned children to exit")
+
+
+@pytest.mark.slow
+def test_up__makes_a_key_once_reuses_it_and_replaces_a_revoked_one(
+    database_url: str, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    env = cli_env(DATABASE_URL=database_url, CHUNKQ_PROVIDER="simulated", CHUNKQ_HOME=str(home))
+    text = tmp_path / "README.md"
+    text.write_text(TEXT, encoding="utf-8")
+    kept = home / "api_key"
+
+    banner: list[str] = []
+    with chunkq_up(env, "--workers", "1", "--web-workers", "1", banner=banner) as (up, base, _):
+        first = kept_key(home)
+        assert first.startswith("cq_")
+        assert any(f"API key: {first}" in line for line in banner), banner
+        assert any(f"kept in {kept}" in line for line in banner), banner
+        assert kept.stat().st_mode & 0o777 == 0o600
+        # No flags: the loopback URL and the kept key are enough.
+        done = invoke("submit", str(text), "--wait", CHUNKQ_URL=base, CHUNKQ_HOME=str(home))
+        assert done.exit_code == 0, done.stderr
+        assert json.loads(done.stdout)["status"] == "COMPLETED"
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+
+    banner.clear()
+    with chunkq_up(env, "--workers", "0", "--web-workers", "1", banner=banner) as (up, base, _):
+        assert kept_key(home) == first
+        assert first not in "".join(banner), banner
+        assert any(f"API key: kept in {kept}" in line for line in banner), banner
+        done = invoke("submit", str(text), CHUNKQ_URL=base, CHUNKQ_HOME=str(home))
+        assert done.exit_code == 0, done.stderr
+        key_id = next(k["id"] for k in listed_keys(database_url) if k["name"] == "chunkq up")
+        assert invoke("keys", "revoke", key_id, DATABASE_URL=database_url).exit_code == 0
+        refused = invoke("submit", str(text), CHUNKQ_URL=base, CHUNKQ_HOME=str(home))
+        assert refused.exit_code == 2 and f"from {kept} (401)" in refused.stderr
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+
+    banner.clear()
+    with chunkq_up(env, "--workers", "0", "--web-workers", "1", banner=banner) as (up, base, log):
+        second = kept_key(home)
+        assert second != first and any(f"API key: {second}" in line for line in banner)
+        assert "does not open this database" in "".join(log)
+        assert invoke("submit", str(text), CHUNKQ_URL=base, CHUNKQ_HOME=str(home)).exit_code == 0
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+    assert [(k["name"], k["active"]) for k in listed_keys(database_url)] == [
+        ("chunkq up", False),
+        ("chunkq up", True),
+    ]
 
 
 @pytest.mark.slow
