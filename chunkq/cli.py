@@ -120,6 +120,43 @@ class Age(click.ParamType):
         return seconds
 
 
+MAX_LIMIT = 2**31 - 1  # the limits are PostgreSQL integers
+
+
+class Limit(click.ParamType):
+    """A key's limit: a positive whole number, or ``none`` for no limit."""
+
+    name = "limit"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if text.lower() == "none":
+            return "none"
+        try:
+            number = int(text)
+        except ValueError:
+            self.fail(f"not a number: {text!r} (a positive whole number, or none)", param, ctx)
+        if not 1 <= number <= MAX_LIMIT:
+            self.fail(
+                f"must be a whole number from 1 to {MAX_LIMIT}, or none for no limit: {text!r}",
+                param,
+                ctx,
+            )
+        return number
+
+
+class Subcommands(click.Group):
+    """A command group inside ``chunkq`` (``keys``): its commands take option prefixes too,
+    and are listed in the order they are defined."""
+
+    command_class = Command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
 @click.group(
     "chunkq",
     cls=Commands,
@@ -174,7 +211,8 @@ def _poll_interval(ctx: click.Context, param: click.Parameter, value: float) -> 
 
 
 def _follow_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The options ``submit`` and ``status`` share: which server, and whether to follow."""
+    """The options ``submit`` and ``status`` share: which server, with which key, whether to
+    follow, and what to print."""
     command = click.option(
         "--interval",
         type=float,
@@ -191,6 +229,21 @@ def _follow_options(command: Callable[..., Any]) -> Callable[..., Any]:
         metavar="URL",
         help="The chunkq server.",
     )(command)
+    command = click.option(
+        "--api-key",
+        envvar="CHUNKQ_API_KEY",
+        show_envvar=True,
+        metavar="KEY",
+        help="The API key to send (Authorization: Bearer). Unset, against a server on this"
+        " machine: the key `chunkq up` keeps in $CHUNKQ_HOME/api_key, if there is one.",
+    )(command)
+    command = click.option(
+        "--summary",
+        is_flag=True,
+        help="Wait for the job to finish (implies --wait), then print only"
+        " analysis_result.summary; when the job has a reduce step, print"
+        ' {"summary": ..., "reduce": ...} once the reduce has finished too.',
+    )(command)
     return click.option(
         "--wait", is_flag=True, help="Follow the job to the end, then print its final JSON."
     )(command)
@@ -200,25 +253,145 @@ def _follow_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.argument("file", metavar="FILE")
 @click.option("--max-chunk-chars", type=int, default=2000, metavar="N", help="The longest chunk.")
 @_follow_options
-def submit(file: str, max_chunk_chars: int, wait: bool, url: str, interval: float) -> int:
+def submit(
+    file: str,
+    max_chunk_chars: int,
+    wait: bool,
+    summary: bool,
+    api_key: str | None,
+    url: str,
+    interval: float,
+) -> int:
     """Submit a text for analysis.
 
     FILE is a UTF-8 text file, or - for stdin. Prints the accepted job as JSON; with --wait,
-    shows progress on stderr and prints the final report.
+    shows progress on stderr and prints the final report; with --summary, waits the same
+    way and prints only the summary.
     """
     from chunkq.client import submit_file
 
-    return submit_file(file, url=url, max_chunk_chars=max_chunk_chars, wait=wait, interval=interval)
+    return submit_file(
+        file,
+        url=url,
+        max_chunk_chars=max_chunk_chars,
+        wait=wait,
+        interval=interval,
+        api_key=api_key,
+        summary=summary,
+    )
 
 
 @cli.command(short_help="Show a job's report (--wait: follow it to the end).", epilog=EPILOG)
 @click.argument("job_id", metavar="JOB_ID")
 @_follow_options
-def status(job_id: str, wait: bool, url: str, interval: float) -> int:
-    """Show a job's report as JSON (with --wait: follow it to the end)."""
+def status(
+    job_id: str, wait: bool, summary: bool, api_key: str | None, url: str, interval: float
+) -> int:
+    """Show a job's report as JSON (with --wait: follow it to the end; with --summary:
+    follow it, then print only its summary)."""
     from chunkq.client import show_status
 
-    return show_status(job_id, url=url, wait=wait, interval=interval)
+    return show_status(
+        job_id, url=url, wait=wait, interval=interval, api_key=api_key, summary=summary
+    )
+
+
+KEYS_EPILOG = """\b
+Each command works on DATABASE_URL, or on the embedded PostgreSQL under $CHUNKQ_HOME
+(started for it and stopped after, if it was not running).
+Exit codes: 0 done, 1 the database failed, 2 bad input or no key with that id."""
+
+
+@cli.group(
+    cls=Subcommands,
+    short_help="Make, list and revoke API keys, and set their limits.",
+    epilog=KEYS_EPILOG,
+)
+def keys() -> None:
+    """API keys: each is a tenant, with its own jobs, limits and webhook signing secret.
+
+    With CHUNKQ_AUTH on (the default), every /v1 request needs one, as
+    'Authorization: Bearer <key>'.
+    """
+
+
+def _limit_options(unset: str) -> Callable[[Callable[..., Any]], Any]:
+    """``--max-jobs-in-flight`` and ``--max-queued-chunks``; ``unset`` says what leaving one
+    out means."""
+
+    def add(command: Callable[..., Any]) -> Any:
+        for name, what in (
+            ("--max-queued-chunks", "chunks this key may have queued, over all its jobs"),
+            ("--max-jobs-in-flight", "jobs this key may have pending or processing at once"),
+        ):
+            command = click.option(
+                name,
+                type=Limit(),
+                show_default=False,
+                metavar="N|none",
+                help=f"Most {what} (none: no limit; {unset}).",
+            )(command)
+        return command
+
+    return add
+
+
+@keys.command("create", short_help="Make a key; prints it and its webhook secret once.")
+@click.option(
+    "--name", default="unnamed", metavar="NAME", help="What the key is for, shown by list."
+)
+@_limit_options("not given: no limit")
+@click.option("--json", "as_json", is_flag=True, help="Print the new key as one JSON object.")
+def keys_create(name: str, max_jobs_in_flight: Any, max_queued_chunks: Any, as_json: bool) -> int:
+    """Make an API key and print it, its webhook signing secret and its id.
+
+    The key and the secret are shown only this once: the database keeps a hash of the key.
+    """
+    if not name.strip():
+        raise click.BadParameter("must not be empty", param_hint="'--name'")
+    from chunkq.keys import run_create
+
+    return run_create(
+        name.strip(),
+        max_jobs_in_flight=max_jobs_in_flight,
+        max_queued_chunks=max_queued_chunks,
+        as_json=as_json,
+    )
+
+
+@keys.command("list", short_help="List the keys: id, name, state and limits.")
+@click.option("--json", "as_json", is_flag=True, help="Print the keys as a JSON array.")
+def keys_list(as_json: bool) -> int:
+    """List every key, oldest first: id, name, when it was made, active or revoked, and its
+    limits. Never the key itself, which only its creation showed."""
+    from chunkq.keys import run_list
+
+    return run_list(as_json=as_json)
+
+
+@keys.command("revoke", short_help="Revoke a key: refused at once, its jobs still finish.")
+@click.argument("key_id", metavar="KEY_ID")
+def keys_revoke(key_id: str) -> int:
+    """Revoke the key with id KEY_ID (key_..., as `chunkq keys list` shows): requests with it
+    are refused from now on; the jobs it made stay and finish."""
+    from chunkq.keys import run_revoke
+
+    return run_revoke(key_id)
+
+
+@keys.command("limits", short_help="Set a key's limits on jobs in flight and queued chunks.")
+@click.argument("key_id", metavar="KEY_ID")
+@_limit_options("not given: unchanged")
+def keys_limits(key_id: str, max_jobs_in_flight: Any, max_queued_chunks: Any) -> int:
+    """Set the limits of the key with id KEY_ID. A request past one is refused with 429 until
+    some of the key's work has finished."""
+    if max_jobs_in_flight is None and max_queued_chunks is None:
+        raise click.UsageError("give --max-jobs-in-flight, --max-queued-chunks or both")
+    from chunkq.keys import run_limits
+
+    return run_limits(
+        key_id, max_jobs_in_flight=max_jobs_in_flight, max_queued_chunks=max_queued_chunks
+    )
 
 
 @cli.command(short_help="Apply the migrations to DATABASE_URL or the embedded database.")

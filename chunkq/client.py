@@ -10,11 +10,13 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
 
+from chunkq import local_key
 from chunkq.console import say
 from chunkq.exits import (
     EXIT_BY_STATUS,
@@ -49,7 +51,39 @@ def read_text(path: str) -> str:
         ) from exc
 
 
-def request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """The key a command sends, and where it came from (for the message when it is refused)."""
+
+    key: str
+    source: str
+
+
+def api_key_for(url: str, given: str | None) -> ApiKey | None:
+    """``--api-key`` / CHUNKQ_API_KEY; without one, for a server on this machine, the key a
+    local ``chunkq up`` keeps in $CHUNKQ_HOME/api_key. The file's key is never sent to
+    another host unasked."""
+    if given and given.strip():
+        return ApiKey(given.strip(), "--api-key / CHUNKQ_API_KEY")
+    if local_key.is_loopback(url):
+        path = local_key.key_path()
+        if (kept := local_key.read_key(path)) is not None:
+            return ApiKey(kept, str(path))
+    return None
+
+
+class ApiClient(httpx.Client):
+    """An httpx client for one chunkq server, sending ``api_key`` (if any) on every request."""
+
+    def __init__(self, url: str, api_key: ApiKey | None) -> None:
+        headers = {"Authorization": f"Bearer {api_key.key}"} if api_key else {}
+        # Writes may carry tens of MB; reads are small and should be quick.
+        timeout = httpx.Timeout(30.0, write=120.0, read=120.0)
+        super().__init__(base_url=url, timeout=timeout, headers=headers)
+        self.api_key = api_key
+
+
+def request(client: ApiClient, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
     """One API call; any answer but 2xx JSON becomes a CommandError saying what went wrong."""
     base = str(client.base_url).rstrip("/")
     try:
@@ -68,8 +102,31 @@ def request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> dict
             return dict(response.json())
         except ValueError as exc:
             raise CommandError(f"{base} answered with something that is not JSON") from exc
+    if response.status_code == 401:
+        raise CommandError(_unauthorized(base, response, client.api_key), EXIT_REJECTED)
     raise CommandError(
         _describe_error(response), EXIT_REJECTED if response.is_client_error else EXIT_ERROR
+    )
+
+
+def _unauthorized(base: str, response: httpx.Response, api_key: ApiKey | None) -> str:
+    """What a 401 means for this user: which key was refused (if any), and how to pass one."""
+    try:
+        detail = str(response.json().get("detail") or "")
+    except (ValueError, AttributeError):
+        detail = ""
+    detail = f" ({detail})" if detail else ""
+    if api_key is None:
+        return (
+            f"{base} needs an API key (401){detail}: pass one with --api-key KEY or set"
+            " CHUNKQ_API_KEY. `chunkq keys create` makes one; a local `chunkq up` keeps the key"
+            " it made in $CHUNKQ_HOME/api_key, which is used by itself for a server on this"
+            " machine"
+        )
+    return (
+        f"{base} refused the API key from {api_key.source} (401){detail}: pass a valid key"
+        " with --api-key KEY or set CHUNKQ_API_KEY (`chunkq keys list` shows which keys are"
+        " active, `chunkq keys create` makes one)"
     )
 
 
@@ -89,30 +146,43 @@ def _describe_error(response: httpx.Response) -> str:
     return "\n".join(lines)
 
 
-def make_client(url: str) -> httpx.Client:
-    """An httpx client for the server at ``url``; a malformed URL is the user's error."""
+def make_client(url: str, api_key: ApiKey | None = None) -> ApiClient:
+    """A client for the server at ``url``; a malformed URL is the user's error."""
     if not url.startswith(("http://", "https://")):
         raise CommandError(f"--url must start with http:// or https://, got {url!r}", EXIT_REJECTED)
-    # Writes may carry tens of MB; reads are small and should be quick.
-    return httpx.Client(base_url=url, timeout=httpx.Timeout(30.0, write=120.0, read=120.0))
+    return ApiClient(url, api_key)
 
 
-def submit(url: str, text: str, max_chunk_chars: int) -> dict[str, Any]:
+def submit(url: str, text: str, max_chunk_chars: int, api_key: ApiKey | None) -> dict[str, Any]:
     """POST the text; returns the 202 body (job_id, status, chunks_total, …)."""
-    with make_client(url) as client:
+    with make_client(url, api_key) as client:
         body = {"raw_text": text, "max_chunk_chars": max_chunk_chars}
         return request(client, "POST", "/v1/analyze", json=body)
 
 
-def follow(url: str, job_id: str, interval: float, stream: TextIO | None = None) -> dict[str, Any]:
-    """Poll the job until it is terminal, showing progress on stderr; returns the last report."""
+def follow(
+    url: str,
+    job_id: str,
+    interval: float,
+    stream: TextIO | None = None,
+    *,
+    api_key: ApiKey | None = None,
+    summary: bool = False,
+) -> dict[str, Any]:
+    """Poll the job until it is terminal, showing progress on stderr; returns the last report.
+
+    With ``summary``, the reports leave out the chunks (``?chunks=false``: a big job's are
+    megabytes), and the wait goes on until a reduce step, if the job has one, has finished.
+    """
     progress = Progress(stream or sys.stderr)
     interval = max(interval, 0.05)  # --interval 0 must not hammer the server
     outage_since: float | None = None
-    with make_client(url) as client:
+    params = {"chunks": "false"} if summary else {}
+    waiting_for_reduce = False
+    with make_client(url, api_key) as client:
         while True:
             try:
-                report = request(client, "GET", f"/v1/analyze/{job_id}")
+                report = request(client, "GET", f"/v1/analyze/{job_id}", params=params)
                 outage_since = None
             except CommandError as exc:
                 # 4xx (unknown job) is final; an unreachable or failing server may come back.
@@ -126,47 +196,87 @@ def follow(url: str, job_id: str, interval: float, stream: TextIO | None = None)
                 continue
             progress.update(report)
             if report.get("status") in EXIT_BY_STATUS:
-                progress.close()
-                return report
+                if not (summary and _reduce_unsettled(report)):
+                    progress.close()
+                    return report
+                if not waiting_for_reduce:
+                    progress.note(f"job {job_id} finished; waiting for its reduce step")
+                    waiting_for_reduce = True
             time.sleep(interval)
 
 
-def submit_file(path: str, *, url: str, max_chunk_chars: int, wait: bool, interval: float) -> int:
-    """``chunkq submit``: submit a file; with ``wait``, follow it and exit by its final status."""
+def _reduce_unsettled(report: dict[str, Any]) -> bool:
+    """Whether the job's reduce step (if it has one) is still to run or running."""
+    reduce = (report.get("analysis_result") or {}).get("reduce")
+    return isinstance(reduce, dict) and reduce.get("status") in ("pending", "running")
+
+
+def submit_file(
+    path: str,
+    *,
+    url: str,
+    max_chunk_chars: int,
+    wait: bool,
+    interval: float,
+    api_key: str | None = None,
+    summary: bool = False,
+) -> int:
+    """``chunkq submit``: submit a file; with ``wait`` (or ``summary``), follow it and exit
+    by its final status."""
     job_id = None
     try:
+        key = api_key_for(url, api_key)
         text = read_text(path)
-        accepted = submit(url, text, max_chunk_chars)
-        if not wait:
+        accepted = submit(url, text, max_chunk_chars, key)
+        if not (wait or summary):
             print_report(accepted)
             return EXIT_OK
         job_id = accepted["job_id"]
         print(f"submitted job {job_id} ({accepted.get('chunks_total')} chunks)", file=sys.stderr)
-        report = follow(url, job_id, interval)
+        report = follow(url, job_id, interval, api_key=key, summary=summary)
     except CommandError as exc:
         say(str(exc))
         return exc.code
     except KeyboardInterrupt:
         return _interrupted(url, job_id)
-    print_report(report)
+    print_report(summary_of(report) if summary else report)
     return EXIT_BY_STATUS[report["status"]]
 
 
-def show_status(job_id: str, *, url: str, wait: bool, interval: float) -> int:
-    """``chunkq status``: show a job's report; with ``wait``, follow it like ``submit``."""
+def show_status(
+    job_id: str,
+    *,
+    url: str,
+    wait: bool,
+    interval: float,
+    api_key: str | None = None,
+    summary: bool = False,
+) -> int:
+    """``chunkq status``: show a job's report; with ``wait`` (or ``summary``), follow it
+    like ``submit``."""
     try:
-        if wait:
-            report = follow(url, job_id, interval)
+        key = api_key_for(url, api_key)
+        if wait or summary:
+            report = follow(url, job_id, interval, api_key=key, summary=summary)
         else:
-            with make_client(url) as http:
+            with make_client(url, key) as http:
                 report = request(http, "GET", f"/v1/analyze/{job_id}")
     except CommandError as exc:
         say(str(exc))
         return exc.code
     except KeyboardInterrupt:
         return _interrupted(url, job_id)
-    print_report(report)
+    print_report(summary_of(report) if summary else report)
     return EXIT_BY_STATUS.get(report.get("status", ""), EXIT_OK)
+
+
+def summary_of(report: dict[str, Any]) -> Any:
+    """What ``--summary`` prints: ``analysis_result.summary``, or, when the job has a reduce
+    step, ``{"summary": ..., "reduce": ...}`` (null for a job that has no result)."""
+    result = report.get("analysis_result") or {}
+    if "reduce" in result:
+        return {"summary": result.get("summary"), "reduce": result["reduce"]}
+    return result.get("summary")
 
 
 def _interrupted(url: str, job_id: str | None) -> int:
@@ -177,7 +287,7 @@ def _interrupted(url: str, job_id: str | None) -> int:
     return EXIT_INTERRUPTED
 
 
-def print_report(report: dict[str, Any]) -> None:
+def print_report(report: Any) -> None:
     """The final JSON on stdout, pretty, for humans and for ``jq`` alike."""
     print(json.dumps(report, indent=2, ensure_ascii=False), flush=True)
 

@@ -111,23 +111,36 @@ def _redact(url: str) -> str:
 
 
 def startup_errors() -> tuple[type[Exception], ...]:
-    """What opening and migrating the database may raise that is the environment's fault."""
+    """What opening, migrating and using the database may raise that is the environment's
+    fault (a server that is down, refuses us, or has no schema yet)."""
+    import psycopg
     import sqlalchemy.exc
     from alembic.util import CommandError as AlembicCommandError
 
     from schema.embedded import EmbeddedServerError
 
-    return (EmbeddedServerError, AlembicCommandError, sqlalchemy.exc.SQLAlchemyError)
+    return (EmbeddedServerError, AlembicCommandError, sqlalchemy.exc.SQLAlchemyError, psycopg.Error)
 
 
 def with_database(what: str, action: Callable[[str], str]) -> int:
     """Run ``action(url)`` on DATABASE_URL or the embedded database, print what it says,
     and turn failures into an exit code (2 for a setup problem, 1 for the action)."""
+
+    def run(db: Database) -> int:
+        print(f"chunkq: {action(db.url)} (database: {db.label})")
+        return 0
+
+    return on_database(what, run)
+
+
+def on_database(what: str, action: Callable[[Database], int]) -> int:
+    """Run ``action(db)`` on DATABASE_URL or the embedded database (started for it and
+    stopped after, if it was not running) and return its exit code; failures become one
+    message and an exit code (2 for a setup problem or a ``CommandError`` of 2, else 1)."""
     db = None
     try:
         db = open_database()
-        print(f"chunkq: {action(db.url)} (database: {db.label})")
-        return 0
+        return action(db)
     except CommandError as exc:
         say(str(exc))
         return exc.code

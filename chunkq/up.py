@@ -18,6 +18,7 @@ import httpx
 from chunkq.console import say
 from chunkq.database import close_database, migrate, open_database, startup_errors
 from chunkq.exits import CommandError
+from chunkq.local_key import LocalKey, auth_enabled, ensure_key, key_path
 from chunkq.supervisor import Child, Supervisor, exit_text
 
 GUNICORN_GRACE_S = 10  # requests are short by design; in-flight ones get this long on stop
@@ -36,6 +37,7 @@ def run_up(*, workers: int, concurrency: int, port: int, web_workers: int) -> in
     try:
         # Checked here once, or every worker would fail on it and be restarted forever.
         grace = Settings.from_env().shutdown_grace_s
+        auth = auth_enabled()
     except ValueError as exc:
         say(str(exc))
         return 2
@@ -59,6 +61,7 @@ def run_up(*, workers: int, concurrency: int, port: int, web_workers: int) -> in
             migrate(db.url)
         if sup.signals:
             return 0
+        access = _access(db.url) if auth else None
         sup.env["DATABASE_URL"] = db.url
         gunicorn = Child("gunicorn", gunicorn_argv(listener.fileno(), web_workers))
         sup.spawn(gunicorn)
@@ -69,6 +72,7 @@ def run_up(*, workers: int, concurrency: int, port: int, web_workers: int) -> in
             return 0 if sup.signals else 1
         hint = "" if port == 8000 else f"CHUNKQ_URL={base} "
         print(f"chunkq is up: {base}  (database: {db.label})", flush=True)
+        print(_access_line(access), flush=True)
         print(f"  submit a text: {hint}chunkq submit FILE --wait\n  stop: Ctrl-C", flush=True)
         while not sup.signals:
             sup.tick()
@@ -89,6 +93,36 @@ def run_up(*, workers: int, concurrency: int, port: int, web_workers: int) -> in
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sup.close()
+
+
+def _access(url: str) -> LocalKey:
+    """The key this run serves with (see ``ensure_key``), saying so when an old one is
+    replaced."""
+    path = key_path()
+    local = ensure_key(url, path)
+    if local.replaced:
+        say(
+            f"the API key in {path} does not open this database (revoked, or made for"
+            " another one); made a new one in its place"
+        )
+    return local
+
+
+def _access_line(local: LocalKey | None) -> str:
+    """The banner's line about keys: a new key in full (the only time it is printed), or
+    where the kept one is, or that none is needed."""
+    if local is None:
+        return "  auth is off (CHUNKQ_AUTH=off): the API takes requests without a key"
+    if local.made:
+        return (
+            f"  API key: {local.key}\n"
+            f"    (id {local.id}; printed only this once, kept in {local.path},"
+            " where chunkq submit finds it by itself)"
+        )
+    return (
+        f"  API key: kept in {local.path} (id {local.id}); chunkq submit finds it by itself,"
+        " other clients send it as 'Authorization: Bearer <key>'"
+    )
 
 
 def gunicorn_argv(fd: int, workers: int) -> list[str]:

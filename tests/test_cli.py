@@ -84,11 +84,17 @@ def healthy(base: str) -> bool:
         return False
 
 
-def finished_job(base: str, job_id: str, timeout: float = 60) -> dict[str, Any]:
-    """Poll the API until the job is terminal; returns its report."""
+def bearer(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def finished_job(
+    base: str, job_id: str, timeout: float = 60, key: str | None = None
+) -> dict[str, Any]:
+    """Poll the API (with ``key``, if given) until the job is terminal; returns its report."""
 
     def terminal() -> dict[str, Any] | None:
-        report = httpx.get(f"{base}/v1/analyze/{job_id}", timeout=5).json()
+        report = httpx.get(f"{base}/v1/analyze/{job_id}", headers=bearer(key), timeout=5).json()
         return report if report["status"] not in ("PENDING", "PROCESSING") else None
 
     return dict(wait_for(terminal, timeout, f"job {job_id} to finish"))
@@ -170,7 +176,8 @@ def chunkq_home() -> Iterator[tuple[Path, Path]]:
 
 # -- help, version, options -------------------------------------------------------------
 
-COMMANDS = ["up", "submit", "status", "migrate", "down", "prune"]
+COMMANDS = ["up", "submit", "status", "keys", "migrate", "down", "prune"]
+KEYS_COMMANDS = ["create", "list", "revoke", "limits"]
 
 
 def test_help__lists_every_command_on_one_line_with_its_summary() -> None:
@@ -193,6 +200,27 @@ def test_help__of_each_command_documents_every_option(command: str) -> None:
     for option in options:
         assert option.help, f"{command} {option.opts[0]} has no help"
         assert option.opts[0] in done.stdout
+
+
+@pytest.mark.parametrize("command", KEYS_COMMANDS)
+def test_help__of_each_keys_command_documents_every_option(command: str) -> None:
+    done = invoke("keys", command, "--help")
+    assert done.exit_code == 0, done.stderr
+    assert done.stdout.startswith(f"Usage: chunkq keys {command} "), done.stdout
+    group = cli.commands["keys"]
+    assert isinstance(group, click.Group)
+    for option in (p for p in group.commands[command].params if isinstance(p, click.Option)):
+        assert option.help, f"keys {command} {option.opts[0]} has no help"
+        assert option.opts[0] in done.stdout
+    listed = invoke("keys", "--help")
+    block = listed.stdout.split("Commands:\n", 1)[1].split("\n\n", 1)[0]
+    assert [line.split()[0] for line in block.splitlines()] == KEYS_COMMANDS, block
+
+
+def test_help__summary_says_it_waits() -> None:
+    for command in ("submit", "status"):
+        text = " ".join(invoke(command, "--help").stdout.split())
+        assert "--summary Wait for the job to finish (implies --wait)" in text, text
 
 
 def test_version__is_the_installed_distributions() -> None:
@@ -292,12 +320,27 @@ def test_submit_and_status__defaults_and_url_from_the_environment(
         invoke("status", "--wait", "J", "--url", "http://x:2", CHUNKQ_URL="http://h:1").exit_code
         == 4
     )
+    assert invoke("status", "J", "--summary", CHUNKQ_API_KEY="cq_env").exit_code == 4
+    assert invoke("submit", "-", "--api-key", "cq_flag", CHUNKQ_API_KEY="cq_env").exit_code == 3
     local, follow = "http://127.0.0.1:8000", {"wait": True, "interval": 0.1}
+    plain = {"api_key": None, "summary": False}
     assert calls == [
-        ("-", {"url": local, "max_chunk_chars": 2000, "wait": False, "interval": 0.5}),
-        ("t.txt", {"url": "http://h:1", "max_chunk_chars": 300, **follow}),
-        ("J", {"url": local, "wait": False, "interval": 0.5}),
-        ("J", {"url": "http://x:2", "wait": True, "interval": 0.5}),
+        ("-", {"url": local, "max_chunk_chars": 2000, "wait": False, "interval": 0.5, **plain}),
+        ("t.txt", {"url": "http://h:1", "max_chunk_chars": 300, **follow, **plain}),
+        ("J", {"url": local, "wait": False, "interval": 0.5, **plain}),
+        ("J", {"url": "http://x:2", "wait": True, "interval": 0.5, **plain}),
+        ("J", {"url": local, "wait": False, "interval": 0.5, "api_key": "cq_env", "summary": True}),
+        (
+            "-",
+            {
+                "url": local,
+                "max_chunk_chars": 2000,
+                "wait": False,
+                "interval": 0.5,
+                "api_key": "cq_flag",
+                "summary": False,
+            },
+        ),
     ]
 
 
@@ -546,6 +589,106 @@ def test_submit__closed_port_says_not_reachable(tmp_path: Path) -> None:
     assert "chunkq up" in done.stderr
 
 
+# -- keys on the client's side -------------------------------------------------------------
+
+
+def test_local_key__is_sent_unasked_only_to_a_server_on_this_machine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from chunkq.client import api_key_for
+
+    monkeypatch.setenv("CHUNKQ_HOME", str(tmp_path))
+    assert api_key_for("http://127.0.0.1:8000", None) is None  # no file yet
+    (tmp_path / "api_key").write_text("cq_kept_key\n")
+    for url in (
+        "http://127.0.0.1:8000",
+        "http://localhost:1",
+        "http://127.9.9.9",
+        "http://[::1]:80",
+    ):
+        found = api_key_for(url, None)
+        assert found is not None and found.key == "cq_kept_key", url
+        assert found.source == str(tmp_path / "api_key")
+    for url in ("http://example.com", "https://10.0.0.1:8000", "http://localhost.example.com"):
+        assert api_key_for(url, None) is None, url
+    given = api_key_for("http://example.com", " cq_given ")
+    assert given is not None and given.key == "cq_given"
+
+
+@pytest.mark.slow
+def test_submit__api_key_and_its_401s_against_a_server_with_auth(
+    database_url: str, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    start_worker()
+    made = invoke("keys", "create", "--json", DATABASE_URL=database_url)
+    key = json.loads(made.stdout)["key"]
+    path = tmp_path / "text.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    home = tmp_path / "home"  # no api_key in it: only what the test passes is sent
+    with gunicorn(database_url, workers=1, CHUNKQ_AUTH="on", CHUNKQ_PROVIDER="simulated") as base:
+        args = ("--url", base, "--interval", "0.1")
+        done = invoke("submit", str(path), "--wait", *args, "--api-key", key, CHUNKQ_HOME=str(home))
+        assert done.exit_code == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["status"] == "COMPLETED"
+        shown = invoke("status", report["job_id"], *args, CHUNKQ_API_KEY=key, CHUNKQ_HOME=str(home))
+        assert shown.exit_code == 0, shown.stderr
+        assert json.loads(shown.stdout)["job_id"] == report["job_id"]
+
+        none = invoke("submit", str(path), *args, CHUNKQ_HOME=str(home))
+        assert none.exit_code == 2 and none.stdout == ""
+        assert f"{base} needs an API key (401)" in none.stderr
+        assert "--api-key KEY or set CHUNKQ_API_KEY" in none.stderr
+
+        for status_args in ([], ["--wait"], ["--summary"]):
+            bad = invoke("status", report["job_id"], *status_args, *args, "--api-key", "cq_0_wrong")
+            assert bad.exit_code == 2 and bad.stdout == "", bad.stderr
+            assert "refused the API key from --api-key / CHUNKQ_API_KEY (401)" in bad.stderr
+
+        home.mkdir()
+        (home / "api_key").write_text("cq_0_revoked_long_ago\n")
+        stale = invoke("submit", str(path), *args, CHUNKQ_HOME=str(home))
+        assert stale.exit_code == 2
+        assert f"refused the API key from {home / 'api_key'} (401)" in stale.stderr
+        assert "unknown or revoked" in stale.stderr
+
+
+@pytest.mark.slow
+def test_submit_summary__prints_only_the_summary(
+    api: str, start_worker: Callable[..., Any]
+) -> None:
+    start_worker()
+    args = ("--url", api, "--max-chunk-chars", "300", "--interval", "0.1")
+    done = invoke("submit", "-", "--summary", *args, input=TEXT)
+    assert done.exit_code == 0, done.stderr
+    summary = json.loads(done.stdout)
+    job_id = re.search(r"submitted job (\S+)", done.stderr)
+    assert job_id, done.stderr
+    report = finished_job(api, job_id.group(1))
+    assert report["chunks_total"] > 5
+    assert summary == report["analysis_result"]["summary"]
+    assert re.search(r"COMPLETED 100\.0%", done.stderr), done.stderr
+
+    shown = invoke("status", job_id.group(1), "--summary", "--url", api)
+    assert shown.exit_code == 0, shown.stderr
+    assert json.loads(shown.stdout) == summary
+
+
+@pytest.mark.slow
+def test_submit_summary__waits_for_the_reduce_step_and_prints_it_too(
+    database_url: str, start_worker: Callable[..., Any]
+) -> None:
+    start_worker()
+    with gunicorn(database_url, workers=1, CHUNKQ_REDUCE="on", CHUNKQ_PROVIDER="simulated") as base:
+        args = ("--url", base, "--max-chunk-chars", "300", "--interval", "0.1")
+        done = invoke("submit", "-", "--summary", *args, input=TEXT)
+    assert done.exit_code == 0, done.stderr
+    printed = json.loads(done.stdout)
+    assert set(printed) == {"summary", "reduce"}
+    assert printed["reduce"]["status"] == "succeeded", printed["reduce"]
+    assert printed["reduce"]["result"]["chunks"] > 5
+
+
 # -- migrate ----------------------------------------------------------------------------
 
 
@@ -589,6 +732,122 @@ def test_prune__deletes_old_finished_jobs(database_url: str, args: list[str], se
     assert f"deleted 0 finished jobs older than {seconds} s" in done.stdout
 
 
+# -- keys -------------------------------------------------------------------------------
+
+
+def authenticates(database_url: str, key: str) -> bool:
+    import psycopg
+
+    from schema import tenants
+
+    with psycopg.connect(database_url) as conn:
+        return tenants.authenticate(conn, key) is not None
+
+
+def listed_keys(database_url: str) -> list[dict[str, Any]]:
+    done = invoke("keys", "list", "--json", DATABASE_URL=database_url)
+    assert done.exit_code == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+@pytest.mark.slow
+def test_keys__create_list_revoke_and_a_revoked_key_gets_401(database_url: str) -> None:
+    made = invoke(
+        "keys", "create", "--name", "ci", "--max-jobs-in-flight", "3", DATABASE_URL=database_url
+    )
+    assert made.exit_code == 0, made.stderr
+    key = re.search(r"API key: +(cq_\S+)", made.stdout)
+    secret = re.search(r"webhook signing secret: +(whsec_\S+)", made.stdout)
+    key_id = re.search(r"key id: +(key_\S+)", made.stdout)
+    assert key and secret and key_id, made.stdout
+    assert "shown only now, never again" in made.stdout
+    assert "database: DATABASE_URL" in made.stderr
+    assert authenticates(database_url, key.group(1))
+
+    scripted = invoke("keys", "create", "--json", DATABASE_URL=database_url)
+    assert scripted.exit_code == 0, scripted.stderr
+    second = json.loads(scripted.stdout)
+    assert second["key"].startswith("cq_") and second["webhook_secret"].startswith("whsec_")
+    assert (second["name"], second["max_jobs_in_flight"]) == ("unnamed", None)
+
+    table = invoke("keys", "list", DATABASE_URL=database_url)
+    assert table.exit_code == 0, table.stderr
+    assert key.group(1) not in table.stdout and secret.group(1) not in table.stdout
+    line = next(row for row in table.stdout.splitlines() if row.startswith(key_id.group(1)))
+    assert line.split()[1:2] == ["ci"] and "active" in line and "3" in line.split()
+    rows = listed_keys(database_url)
+    assert [(r["id"], r["name"], r["active"]) for r in rows] == [
+        (key_id.group(1), "ci", True),
+        (second["id"], "unnamed", True),
+    ]
+    assert rows[0]["max_jobs_in_flight"] == 3 and rows[0]["max_queued_chunks"] is None
+    assert "cq_" not in json.dumps(rows) and "whsec_" not in json.dumps(rows)
+
+    with gunicorn(database_url, workers=1, CHUNKQ_AUTH="on") as base:
+        # No such job: 404 for a key that opens the API, 401 for one that does not.
+        jobs = f"{base}/v1/analyze/00000000-0000-0000-0000-000000000000"
+        assert httpx.get(jobs, headers=bearer(key.group(1)), timeout=5).status_code == 404
+        revoked = invoke("keys", "revoke", key_id.group(1), DATABASE_URL=database_url)
+        assert revoked.exit_code == 0, revoked.stderr
+        assert f"revoked key {key_id.group(1)}" in revoked.stdout
+        refused = httpx.get(jobs, headers=bearer(key.group(1)), timeout=5)
+        assert refused.status_code == 401
+        assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+        assert httpx.get(jobs, headers=bearer(second["key"]), timeout=5).status_code == 404
+    assert not authenticates(database_url, key.group(1))
+    assert [r["active"] for r in listed_keys(database_url)] == [False, True]
+    again = invoke("keys", "revoke", key_id.group(1), DATABASE_URL=database_url)
+    assert again.exit_code == 0 and "already revoked" in again.stdout, again.stderr
+
+
+def test_keys__revoke_or_limits_of_an_unknown_id_is_a_clear_error(database_url: str) -> None:
+    for args in (["revoke", "key_0000"], ["limits", "key_0000", "--max-jobs-in-flight", "1"]):
+        done = invoke("keys", *args, DATABASE_URL=database_url)
+        assert done.exit_code == 2, done.stderr
+        assert "no API key has the id 'key_0000'" in done.stderr
+        assert "chunkq keys list" in done.stderr
+    pasted = invoke("keys", "revoke", "cq_abc_def", DATABASE_URL=database_url)
+    assert pasted.exit_code == 2 and "that is a key, not its id" in pasted.stderr
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "many", "1.5", "", str(2**31)])
+@pytest.mark.parametrize("option", ["--max-jobs-in-flight", "--max-queued-chunks"])
+def test_keys__a_limit_that_is_not_a_positive_number_is_a_usage_error_and_writes_nothing(
+    database_url: str, option: str, bad: str
+) -> None:
+    existing = json.loads(invoke("keys", "create", "--json", DATABASE_URL=database_url).stdout)
+    for args in (["create", f"{option}={bad}"], ["limits", existing["id"], f"{option}={bad}"]):
+        done = invoke("keys", *args, DATABASE_URL=database_url)
+        assert done.exit_code == 2, done.stderr
+        assert f"Invalid value for '{option}'" in done.stderr, done.stderr
+        assert done.stdout == ""
+    (only,) = listed_keys(database_url)
+    assert (only["max_jobs_in_flight"], only["max_queued_chunks"]) == (None, None)
+
+
+def test_keys_limits__sets_clears_and_keeps_what_is_not_given(database_url: str) -> None:
+    made = json.loads(invoke("keys", "create", "--json", DATABASE_URL=database_url).stdout)
+
+    def limits(*args: str) -> tuple[int | None, int | None]:
+        done = invoke("keys", "limits", made["id"], *args, DATABASE_URL=database_url)
+        assert done.exit_code == 0, done.stderr
+        (row,) = listed_keys(database_url)
+        return row["max_jobs_in_flight"], row["max_queued_chunks"]
+
+    assert limits("--max-jobs-in-flight", "2", "--max-queued-chunks", "500") == (2, 500)
+    assert limits("--max-queued-chunks", "none") == (2, None)
+    assert limits("--max-jobs-in-flight", "NONE", "--max-queued-chunks", "7") == (None, 7)
+    neither = invoke("keys", "limits", made["id"], DATABASE_URL=database_url)
+    assert neither.exit_code == 2
+    assert "give --max-jobs-in-flight, --max-queued-chunks or both" in neither.stderr
+
+
+def test_keys_create__an_empty_name_is_a_usage_error(database_url: str) -> None:
+    done = invoke("keys", "create", "--name", " ", DATABASE_URL=database_url)
+    assert done.exit_code == 2 and "'--name'" in done.stderr
+    assert listed_keys(database_url) == []
+
+
 # -- up ---------------------------------------------------------------------------------
 
 
@@ -602,8 +861,8 @@ def chunkq_up(
     env: dict[str, str], *args: str, banner: list[str] | None = None
 ) -> Iterator[tuple[subprocess.Popen[str], str, list[str]]]:
     """Start ``chunkq up --port 0`` and yield it with its base URL once it says it is up, and
-    the lines of its stderr (all of them once the block has ended); the line that says it
-    is up goes into ``banner``."""
+    the lines of its stderr (all of them once the block has ended); the banner's lines, from
+    the one that says it is up to the one that says how to stop it, go into ``banner``."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "chunkq", "up", "--port", "0", *args],
         cwd=ROOT,
@@ -630,7 +889,10 @@ def chunkq_up(
                 assert proc.poll() is None, "chunkq up exited:\n" + "".join(log)
                 continue
             if match := re.search(r"chunkq is up: (http://\S+)", line):
-                (banner if banner is not None else []).append(line)
+                shown = banner if banner is not None else []
+                shown.append(line)
+                while "stop: Ctrl-C" not in shown[-1]:
+                    shown.append(lines.get(timeout=10))
                 break
         known = children(proc)
         yield proc, match.group(1), log
@@ -652,21 +914,27 @@ def kinds(processes: list[psutil.Process]) -> set[str]:
     return found
 
 
-def submit_and_finish(base: str, text: str) -> dict[str, Any]:
-    response = httpx.post(f"{base}/v1/analyze", json={"raw_text": text, "max_chunk_chars": 200})
+def submit_and_finish(base: str, text: str, key: str | None = None) -> dict[str, Any]:
+    body = {"raw_text": text, "max_chunk_chars": 200}
+    response = httpx.post(f"{base}/v1/analyze", json=body, headers=bearer(key))
     assert response.status_code == 202, response.text
-    return finished_job(base, response.json()["job_id"])
+    return finished_job(base, response.json()["job_id"], key=key)
+
+
+def kept_key(home: Path) -> str:
+    """The key ``chunkq up`` keeps under ``home``."""
+    return (home / "api_key").read_text().strip()
 
 
 @pytest.mark.slow
 def test_up__serves_restarts_a_dead_child_and_stops_everything_on_sigterm(
-    database_url: str,
+    database_url: str, tmp_path: Path
 ) -> None:
-    env = cli_env(DATABASE_URL=database_url, CHUNKQ_PROVIDER="simulated")
+    env = cli_env(DATABASE_URL=database_url, CHUNKQ_PROVIDER="simulated", CHUNKQ_HOME=str(tmp_path))
     with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, base, log):
         seen = children(up)
         assert kinds(seen) == {"gunicorn", "workerd"}
-        assert submit_and_finish(base, TEXT)["status"] == "COMPLETED"
+        assert submit_and_finish(base, TEXT, kept_key(tmp_path))["status"] == "COMPLETED"
 
         # A dead gunicorn is replaced, and the API answers again, on the same port.
         master = next(p for p in psutil.Process(up.pid).children() if "gunicorn" in p.cmdline())
@@ -684,13 +952,86 @@ def test_up__serves_restarts_a_dead_child_and_stops_everything_on_sigterm(
 
 
 @pytest.mark.slow
-def test_up__children_exit_when_the_supervisor_is_killed(database_url: str) -> None:
-    env = cli_env(DATABASE_URL=database_url, CHUNKQ_PROVIDER="simulated")
+def test_up__children_exit_when_the_supervisor_is_killed(database_url: str, tmp_path: Path) -> None:
+    env = cli_env(DATABASE_URL=database_url, CHUNKQ_PROVIDER="simulated", CHUNKQ_HOME=str(tmp_path))
     with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, _base, _log):
         seen = children(up)
         up.kill()  # no chance to clean up: the children must notice on their own
         up.wait()
         wait_for(lambda: alive(seen) == [], 40, "orphaned children to exit")
+
+
+@pytest.mark.slow
+def test_up__makes_a_key_once_reuses_it_and_replaces_a_revoked_one(
+    database_url: str, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    env = cli_env(DATABASE_URL=database_url, CHUNKQ_PROVIDER="simulated", CHUNKQ_HOME=str(home))
+    text = tmp_path / "README.md"
+    text.write_text(TEXT, encoding="utf-8")
+    kept = home / "api_key"
+
+    banner: list[str] = []
+    with chunkq_up(env, "--workers", "1", "--web-workers", "1", banner=banner) as (up, base, _):
+        first = kept_key(home)
+        assert first.startswith("cq_")
+        assert any(f"API key: {first}" in line for line in banner), banner
+        assert any(f"kept in {kept}" in line for line in banner), banner
+        assert kept.stat().st_mode & 0o777 == 0o600
+        # No flags: the loopback URL and the kept key are enough.
+        done = invoke("submit", str(text), "--wait", CHUNKQ_URL=base, CHUNKQ_HOME=str(home))
+        assert done.exit_code == 0, done.stderr
+        assert json.loads(done.stdout)["status"] == "COMPLETED"
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+
+    banner.clear()
+    with chunkq_up(env, "--workers", "0", "--web-workers", "1", banner=banner) as (up, base, _):
+        assert kept_key(home) == first
+        assert first not in "".join(banner), banner
+        assert any(f"API key: kept in {kept}" in line for line in banner), banner
+        done = invoke("submit", str(text), CHUNKQ_URL=base, CHUNKQ_HOME=str(home))
+        assert done.exit_code == 0, done.stderr
+        key_id = next(k["id"] for k in listed_keys(database_url) if k["name"] == "chunkq up")
+        assert invoke("keys", "revoke", key_id, DATABASE_URL=database_url).exit_code == 0
+        refused = invoke("submit", str(text), CHUNKQ_URL=base, CHUNKQ_HOME=str(home))
+        assert refused.exit_code == 2 and f"from {kept} (401)" in refused.stderr
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+
+    banner.clear()
+    with chunkq_up(env, "--workers", "0", "--web-workers", "1", banner=banner) as (up, base, log):
+        second = kept_key(home)
+        assert second != first and any(f"API key: {second}" in line for line in banner)
+        assert "does not open this database" in "".join(log)
+        assert invoke("submit", str(text), CHUNKQ_URL=base, CHUNKQ_HOME=str(home)).exit_code == 0
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+    assert [(k["name"], k["active"]) for k in listed_keys(database_url)] == [
+        ("chunkq up", False),
+        ("chunkq up", True),
+    ]
+
+
+@pytest.mark.slow
+def test_up__with_auth_off_makes_no_key_and_says_so(database_url: str, tmp_path: Path) -> None:
+    env = cli_env(DATABASE_URL=database_url, CHUNKQ_HOME=str(tmp_path), CHUNKQ_AUTH="off")
+    banner: list[str] = []
+    with chunkq_up(env, "--workers", "0", "--web-workers", "1", banner=banner) as (up, base, _):
+        assert any("auth is off (CHUNKQ_AUTH=off)" in line for line in banner), banner
+        assert not (tmp_path / "api_key").exists()
+        # The API takes a request without a key.
+        response = httpx.post(f"{base}/v1/analyze", json={"raw_text": "no key"}, timeout=10)
+        assert response.status_code == 202, response.text
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+    assert listed_keys(database_url) == []
+
+
+def test_up__a_garbled_auth_setting_fails_fast() -> None:
+    done = invoke("up", "--port", "0", CHUNKQ_AUTH="maybe", DATABASE_URL="postgresql://unused/x")
+    assert done.exit_code == 2
+    assert "CHUNKQ_AUTH" in done.stderr and "'maybe'" in done.stderr
 
 
 def test_up__port_in_use_fails_fast_and_clearly() -> None:
@@ -718,7 +1059,8 @@ def test_up__embedded_database_stops_on_sigint_and_keeps_data_for_the_next_run(
     env = cli_env(CHUNKQ_HOME=str(home), CHUNKQ_PROVIDER="simulated")
     with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, base, _log):
         assert postgres_serving(datadir), "no embedded postgres serving the data dir"
-        report = submit_and_finish(base, TEXT)
+        key = kept_key(home)
+        report = submit_and_finish(base, TEXT, key)
         assert report["status"] == "COMPLETED"
         seen = children(up)
         up.send_signal(signal.SIGINT)
@@ -727,11 +1069,19 @@ def test_up__embedded_database_stops_on_sigint_and_keeps_data_for_the_next_run(
     assert postgres_serving(datadir) == []
 
     with chunkq_up(env, "--workers", "1", "--web-workers", "1") as (up, base, _log):
-        again = httpx.get(f"{base}/v1/analyze/{report['job_id']}", timeout=5)
+        again = httpx.get(f"{base}/v1/analyze/{report['job_id']}", headers=bearer(key), timeout=5)
         assert again.status_code == 200
         assert again.json()["analysis_result"] == report["analysis_result"]
+        assert kept_key(home) == key
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
+    assert postgres_serving(datadir) == []
+
+    # `keys` starts the embedded server for itself, and stops it after.
+    listed = invoke("keys", "list", "--json", CHUNKQ_HOME=str(home))
+    assert listed.exit_code == 0, listed.stderr
+    assert [(k["name"], k["active"]) for k in json.loads(listed.stdout)] == [("chunkq up", True)]
+    assert "stopped the embedded PostgreSQL" in listed.stderr
     assert postgres_serving(datadir) == []
 
 
