@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 
 from schema.clock import NOW
-from schema.reads import RawJSON, encode, report_json
+from schema.reads import RawJSON, encode, exists, report_json
 from schema.states import JobStatus
 from schema.tenants import ANONYMOUS
 
@@ -248,12 +248,7 @@ def events_json(
 ) -> str | None:
     """``{"data": [event, ...]}`` for one job as JSON text, or None when there is no such
     job (of ``owner``, when given)."""
-    found = conn.execute(
-        """SELECT 1 FROM jobs
-           WHERE id = %(id)s AND (%(owner)s::text IS NULL OR api_key_id = %(owner)s)""",
-        {"id": job_id, "owner": owner},
-    ).fetchone()
-    if found is None:
+    if not exists(conn, job_id, owner=owner):
         return None
     row = conn.execute(_EVENTS, {"id": job_id}).fetchone()
     return encode({"data": RawJSON(row[0] if row else "[]")})
