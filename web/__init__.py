@@ -72,10 +72,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     app.extensions["chunkq.merge"] = functools.cache(lambda: _merge(app.config["PROVIDER"]))
 
-    from web import analyze, auth, docs, health, listing, openapi, problems, webhooks
+    from web import analyze, auth, compress, docs, health, listing, openapi, problems, webhooks
 
     problems.register(app)
     auth.register(app)
+    compress.register(app)
     app.register_blueprint(analyze.bp)
     app.register_blueprint(listing.bp)
     app.register_blueprint(health.bp)
