@@ -175,7 +175,16 @@ def paths() -> dict[str, Any]:
                         "content": {"application/json": {"schema": ref("SubmitRequest")}},
                     },
                     "responses": {
-                        "202": _json(ref("SubmitAccepted"), "Queued.", Location=True),
+                        "202": {
+                            **_json(ref("SubmitAccepted"), "Queued.", Location=True),
+                            "links": {
+                                name: {
+                                    "operationId": name,
+                                    "parameters": {"job_id": "$response.body#/job_id"},
+                                }
+                                for name in ("getJob", "cancelJob", "listChunks", "listWebhooks")
+                            },
+                        },
                     },
                 },
                 "400",
