@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ from schemathesis import checks
 from schema import tenants
 from tests.processes import gunicorn
 from tests.support import run_until_idle
+from web import DEFAULTS
 from web.openapi import document
 from workerd.providers.simulated import SimulatedProvider
 
@@ -74,20 +76,9 @@ def test_openapi_json__documents_every_route_the_app_has(app: Any) -> None:
 
 
 def test_openapi_json__every_v1_operation_needs_the_bearer_key_and_no_other_does() -> None:
-    doc = document(
-        {
-            "MIN_CHUNK_CHARS": 1,
-            "MAX_CHUNK_CHARS": 10,
-            "DEFAULT_CHUNK_CHARS": 2,
-            "MAX_CHUNKS_PER_JOB": 5,
-            "REDUCE": False,
-        }
-    )
-    assert doc["components"]["securitySchemes"]["bearer"] == {
-        **doc["components"]["securitySchemes"]["bearer"],
-        "type": "http",
-        "scheme": "bearer",
-    }
+    doc = document(DEFAULTS)
+    bearer = doc["components"]["securitySchemes"]["bearer"]
+    assert (bearer["type"], bearer["scheme"]) == ("http", "bearer")
     assert doc["security"] == [{"bearer": []}]
     for path, item in doc["paths"].items():
         for method, operation in item.items():
@@ -140,7 +131,7 @@ def run_schemathesis(
     doc: dict[str, Any],
     key: str,
     *,
-    job_ids: list[str] = (),  # type: ignore[assignment]
+    job_ids: Sequence[str] = (),
     only: set[tuple[str, str]] | None = None,
 ) -> list[str]:
     """Every operation of ``doc`` (or ``only`` these) against ``base``, positive and negative
