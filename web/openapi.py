@@ -196,6 +196,7 @@ def paths() -> dict[str, Any]:
                 {
                     "operationId": "listJobs",
                     "summary": "The key's jobs, newest first",
+                    "description": "Any other query parameter is a 400.",
                     "parameters": [
                         {
                             "name": "status",
@@ -268,7 +269,15 @@ def paths() -> dict[str, Any]:
                 {
                     "operationId": "listChunks",
                     "summary": "A job's chunks in order, a page at a time or as NDJSON",
-                    "parameters": [JOB_ID, CURSOR, _limit(1000, 100)],
+                    "parameters": [
+                        JOB_ID,
+                        CURSOR,
+                        {
+                            **_limit(1000, 100),
+                            "description": "Chunks per page (per read, for NDJSON, whose default"
+                            " is 1000).",
+                        },
+                    ],
                     "responses": {
                         "200": {
                             "description": "A page of chunks; with Accept:"
