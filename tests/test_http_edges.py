@@ -68,6 +68,21 @@ def test_submit__escaped_lone_surrogate_in_raw_text_is_422_naming_it(
     assert _jobs(db) == 0
 
 
+@pytest.mark.parametrize(
+    ("url", "code", "at"),
+    [("https://example.com/\\ud800", "D800", 20), ("https://\\udc00.example.com/", "DC00", 8)],
+)
+def test_submit__escaped_lone_surrogate_in_webhook_url_is_422_naming_it(
+    client: FlaskClient, db: psycopg.Connection[Any], url: str, code: str, at: int
+) -> None:
+    # It passed the URL checks and made the INSERT fail: a 500 before.
+    response = _post_raw(client, b'{"raw_text": "x", "webhook_url": "' + url.encode() + b'"}')
+    assert response.status_code == 422
+    assert _fields(response) == ["webhook_url"]
+    assert f"lone surrogate (U+{code}) at offset {at}" in response.get_json()["detail"]
+    assert _jobs(db) == 0
+
+
 def test_submit__escaped_surrogate_pair_is_one_character_and_accepted(
     client: FlaskClient, db: psycopg.Connection[Any]
 ) -> None:

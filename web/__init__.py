@@ -72,14 +72,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     app.extensions["chunkq.merge"] = functools.cache(lambda: _merge(app.config["PROVIDER"]))
 
-    from web import analyze, auth, health, listing, problems, webhooks
+    from web import analyze, auth, compress, docs, health, listing, openapi, problems, webhooks
 
     problems.register(app)
     auth.register(app)
+    compress.register(app)
     app.register_blueprint(analyze.bp)
     app.register_blueprint(listing.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(webhooks.bp)
+    app.register_blueprint(openapi.bp)
+    app.register_blueprint(docs.bp)
     return app
 
 

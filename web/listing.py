@@ -30,6 +30,16 @@ def list_jobs() -> Response:
     errors: list[InvalidRequest] = []
     for name in request.args:
         if match := _METADATA_ARG.fullmatch(name):
+            if "\x00" in name or "\x00" in request.args[name]:
+                # jsonb cannot hold U+0000, so the filter could not even be written as one.
+                errors.append(
+                    InvalidRequest(
+                        name,
+                        "contains a NUL character (U+0000), which metadata cannot hold",
+                        status=400,
+                    )
+                )
+                continue
             metadata[match.group(1)] = request.args[name]
         elif name not in ("status", "limit", "cursor"):
             errors.append(

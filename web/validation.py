@@ -132,6 +132,14 @@ def parse_submission(
             errors.append(
                 InvalidRequest("webhook_url", f"must be a string, got {_kind(webhook_url)}")
             )
+        elif (bad := _lone_surrogate(webhook_url)) is not None:
+            errors.append(
+                InvalidRequest(
+                    "webhook_url",
+                    f"contains a lone surrogate (U+{ord(webhook_url[bad]):04X}) at offset {bad},"
+                    " which is not a Unicode character and cannot be stored",
+                )
+            )
         elif (why := check_url(webhook_url, allow_private=allow_private_webhooks)) is not None:
             errors.append(InvalidRequest("webhook_url", why))
 
