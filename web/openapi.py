@@ -85,6 +85,13 @@ def responses() -> dict[str, Any]:
         "Unavailable": problem(
             "The database cannot be reached right now.", "Problem", "Retry-After"
         ),
+        # Answered by gunicorn itself, before the app, in its own format.
+        "TooLongForTheServer": {
+            "description": "The request line or its headers are longer than the HTTP server"
+            " reads (gunicorn's limit_request_line, 4094 bytes, and limit_request_field_size,"
+            " 8190): gunicorn refuses the request before the app sees it, with an HTML body.",
+            "content": {"text/html": {"schema": STRING}},
+        },
     }
 
 
@@ -403,9 +410,19 @@ def document(cfg: Any) -> dict[str, Any]:
             {"name": "probes", "description": "For load balancers and orchestrators."},
             {"name": "docs", "description": "This document."},
         ],
-        "paths": paths(),
+        "paths": _with_server_refusals(paths()),
         "components": components,
     }
+
+
+def _with_server_refusals(items: dict[str, Any]) -> dict[str, Any]:
+    """Every operation can meet gunicorn's own refusals of a too-long request line (414)
+    or too-large headers (431)."""
+    for item in items.values():
+        for operation in item.values():
+            for code in ("414", "431"):
+                operation["responses"].setdefault(code, _problem("TooLongForTheServer"))
+    return items
 
 
 def _version() -> str:
