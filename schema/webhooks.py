@@ -12,6 +12,7 @@ writes that end an attempt are fenced on (worker, attempt), so a worker that los
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from schema.clock import NOW
 from schema.reads import RawJSON, encode, exists, report_json
 from schema.states import JobStatus
 from schema.tenants import ANONYMOUS
+
+log = logging.getLogger("chunkq.webhooks")
 
 # The event type of each terminal status.
 EVENT_TYPES = {
@@ -61,10 +64,9 @@ def add_event(
     if row is None or row[1] is None:
         return None
     status, url, owner, finished = row
-    data = report_json(conn, job_id, result=False)
-    assert data is not None
     event_type = EVENT_TYPES[JobStatus(status)]
-    body = encode({"type": event_type, "timestamp": _iso_utc(finished), "data": RawJSON(data)})
+    data = _data(conn, job_id, status)
+    body = encode({"type": event_type, "timestamp": _iso_utc(finished), "data": data})
     event_id = new_event_id()
     inserted = conn.execute(
         f"""INSERT INTO webhook_events (id, job_id, api_key_id, url, type, body,
@@ -83,6 +85,24 @@ def add_event(
         },
     ).fetchone()
     return None if inserted is None else event_id
+
+
+def _data(conn: psycopg.Connection[Any], job_id: uuid.UUID, status: str) -> RawJSON:
+    """The event's ``data``: the job's report without analysis_result. Building it never
+    holds the job: if it fails (in a savepoint, so the transaction goes on), the event
+    carries the job's id and status and says why the rest is missing, as a failed merge
+    leaves the job its summary's error."""
+    try:
+        with conn.transaction():
+            report = report_json(conn, job_id, result=False)
+        if report is not None:
+            return RawJSON(report)
+        reason = "the job's report was not found"
+    except Exception as exc:
+        log.warning("building the webhook report of job %s failed: %r", job_id, exc)
+        reason = f"building the job's report failed ({type(exc).__name__}: {exc})"
+    fallback = {"job_id": str(job_id), "status": status, "error": reason}
+    return RawJSON(json.dumps(fallback))
 
 
 def _iso_utc(at: datetime) -> str:

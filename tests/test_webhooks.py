@@ -28,7 +28,7 @@ from schema.chunking import split_text
 from schema.errors import JobConflict
 from tests.conftest import PgServer
 from tests.processes import gunicorn, holding, log_tail, start_worker, stop, wait_for
-from tests.support import drain, make_worker
+from tests.support import drain, job_row, make_worker
 from workerd.delivery import Attempt, deliver
 from workerd.providers import SimulatedProvider
 from workerd.settings import Settings
@@ -194,6 +194,28 @@ def test_finalize__writes_one_event_in_the_transaction_that_ends_the_job(
         assert queue.finalize(db, job_id, merging.by_name("simulated")) is None
         assert webhooks.add_event(db, job_id) is None
     assert len(events(db, job_id)) == 1
+
+
+def test_finalize__ends_the_job_even_when_its_event_report_cannot_be_built(
+    database_url: str, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = enqueue(db, "https://example.com/hook")
+
+    def broken(conn: psycopg.Connection[Any], *args: Any, **kwargs: Any) -> str:
+        conn.execute("SELECT 1/0")  # a failing query, as a bug in the report would be
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(webhooks, "report_json", broken)
+    worker = make_worker(database_url, SimulatedProvider(), concurrency=4)
+    try:
+        drain(worker, db, job_id)
+    finally:
+        worker.close()
+    assert job_row(db, job_id)["status"] == "COMPLETED"
+    body = json.loads(db.execute("SELECT body FROM webhook_events").fetchone()[0])
+    assert body["type"] == "job.completed"
+    assert body["data"]["job_id"] == str(job_id) and body["data"]["status"] == "COMPLETED"
+    assert "DivisionByZero" in body["data"]["error"]
 
 
 def test_cancel__writes_the_event_only_if_the_cancel_commits(db: psycopg.Connection[Any]) -> None:
