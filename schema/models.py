@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Double,
@@ -19,8 +20,11 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
+    SmallInteger,
     Text,
+    false,
     func,
     text,
 )
@@ -28,6 +32,9 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from schema.states import ChunkStatus, JobStatus, ReduceStatus, check_constraint
+
+# A job's priority: higher runs first among its tenant's jobs.
+MIN_PRIORITY, MAX_PRIORITY = -10, 10
 
 NAMING = {
     "ix": "%(table_name)s_%(column_0_N_name)s_idx",
@@ -90,6 +97,9 @@ class Job(Base):
         Index("jobs_api_key_id_created_at_id_idx", "api_key_id", "created_at", "id"),
         Index("jobs_created_at_id_idx", "created_at", "id"),
         # A tenant's jobs in flight, for its limits.
+        CheckConstraint(
+            f"priority BETWEEN {MIN_PRIORITY} AND {MAX_PRIORITY}", name="priority"
+        ),
         Index(
             "jobs_in_flight_idx",
             "api_key_id",
@@ -115,6 +125,9 @@ class Job(Base):
         "metadata", JSONB, server_default=text("'{}'::jsonb")
     )
     webhook_url: Mapped[str | None] = mapped_column(Text)
+    # Orders the jobs of one tenant: its chunks go before those of the tenant's jobs of a
+    # lower priority; other tenants' turns are not affected.
+    priority: Mapped[int] = mapped_column(SmallInteger, server_default="0")
 
 
 class Chunk(Base):
@@ -125,22 +138,40 @@ class Chunk(Base):
         CheckConstraint(check_constraint("status", ChunkStatus), name="status"),
         CheckConstraint("start_offset >= 0 AND end_offset > start_offset", name="offsets"),
         CheckConstraint("attempts >= 0", name="attempts"),
-        # The claim: due pending chunks, oldest due first, a job's chunks in order.
+        # The fair claim: chunks never tried yet, per lane (tenant), its higher priorities
+        # first, then by turn, so every job of a lane with due work gets a turn each round.
         # Partial, so it holds only the backlog, not the millions of finished rows.
         Index(
-            "chunks_due_idx",
+            "chunks_fair_idx",
+            "lane",
+            text("priority DESC"),
+            "turn",
+            "job_id",
+            "seq",
+            postgresql_where=text("status = 'pending' AND attempts = 0"),
+        ),
+        # Retries: chunks waiting out their backoff, the soonest due first, so a claim stops
+        # at the first one not due yet instead of walking past every one still waiting.
+        Index(
+            "chunks_retry_idx",
             "next_attempt_at",
             "job_id",
             "seq",
-            postgresql_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending' AND attempts > 0"),
         ),
-        # The rescuer: running chunks whose lease ran out.
-        Index(
-            "chunks_lease_idx",
-            "lease_expires_at",
-            postgresql_where=text("status = 'running'"),
-        ),
-        {"postgresql_with": {"fillfactor": "80"}},
+        # The rescuer and the shared cap: running chunks. The lease is not a key, so a
+        # heartbeat (which only moves the lease) is a HOT update.
+        Index("chunks_running_idx", "worker_id", postgresql_where=text("status = 'running'")),
+        {
+            "postgresql_with": {
+                "fillfactor": "80",
+                # A queue's partial indexes gather dead entries at their head with every
+                # claim; vacuum them often rather than per 20 % of a table of millions.
+                "autovacuum_vacuum_scale_factor": "0.01",
+                "autovacuum_vacuum_insert_scale_factor": "0.01",
+                "autovacuum_vacuum_cost_delay": "0",
+            }
+        },
     )
 
     # A job's id; no foreign key: statement-level triggers (migration 0005) check that every
@@ -165,6 +196,14 @@ class Chunk(Base):
     parts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
     # The provider (its name) that produced ``result``: a job is merged by each result's own.
     provider: Mapped[str | None] = mapped_column(Text)
+    # Fair share: the tenant whose claims this chunk takes its turn among (its job's
+    # ``api_key_id``, or ``anonymous``), its job's priority, and its turn in the lane's
+    # round robin (``schema.queue.enqueue``).
+    lane: Mapped[str] = mapped_column(Text, server_default="anonymous")
+    priority: Mapped[int] = mapped_column(SmallInteger, server_default="0")
+    turn: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # The result came from the result cache, not from a provider call.
+    cached: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
 
 class ChunkAttempt(Base):
@@ -321,6 +360,22 @@ class WebhookDelivery(Base):
     # None: unknown, the attempt's worker was lost before it recorded the outcome.
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     worker_id: Mapped[str | None] = mapped_column(Text)
+
+
+class CachedResult(Base):
+    """A provider's result for one chunk text, reused for identical chunks instead of a
+    provider call. ``key`` is the SHA-256 of the provider's identity (name, model, prompt,
+    output schema) and the text; ``scope`` keeps each tenant's results its own (``*``:
+    the shared cache an operator may turn on)."""
+
+    __tablename__ = "result_cache"
+    __table_args__ = (Index("result_cache_created_at_idx", "created_at"),)
+
+    scope: Mapped[str] = mapped_column(Text, primary_key=True)
+    key: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    result: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    provider: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 
 metadata = Base.metadata
