@@ -148,7 +148,7 @@ def test_job_row_held_elsewhere__other_jobs_finish_and_it_finishes_after_release
 def test_job_row_held_elsewhere__its_chunks_give_back_their_slots_and_are_not_claimed(
     database_url: str, db: psycopg.Connection[Any], cap: int | None
 ) -> None:
-    held = submit(db, TEXT, 40)  # first in the claim order
+    held = submit(db, TEXT, 40, priority=1)  # first in the claim order
     free = submit(db, TEXT, 40)
     settings = Settings(
         backoff_base_s=0.0, backoff_max_s=0.0, max_attempts=3, provider_concurrency=cap

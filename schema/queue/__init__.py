@@ -27,7 +27,7 @@ from schema.queue.claim import (
     seconds_until_due,
 )
 from schema.queue.enqueue import enqueue
-from schema.queue.finalize import _MERGED, finalize, summary
+from schema.queue.finalize import finalize, summary
 from schema.queue.outcomes import (
     ClaimedChunk,
     Failure,
@@ -40,8 +40,10 @@ from schema.queue.outcomes import (
 from schema.queue.record import held_jobs, record
 from schema.queue.rescue import WORKER_LOST, rescue
 from schema.queue.sql import (
+    ANONYMOUS_LANE,
     CANCEL_NOTICE,
     CAP_LOCK_KEY,
+    FAIR_QUANTUM,
     NOTIFY_CHANNEL,
     NOW,
     RESCUE_LOCK_KEY,
@@ -50,14 +52,15 @@ from schema.queue.sql import (
 from schema.states import ChunkStatus, JobStatus
 
 __all__ = [
+    "ANONYMOUS_LANE",
     "CANCEL_NOTICE",
     "CAP_LOCK_KEY",
+    "FAIR_QUANTUM",
     "NOTIFY_CHANNEL",
     "NOW",
     "RESCUE_LOCK_KEY",
     "WORKER_LOST",
     "_CLAIM",
-    "_MERGED",
     "ChunkStatus",
     "ClaimedChunk",
     "Failure",

@@ -13,28 +13,60 @@ import psycopg
 from schema.queue.outcomes import ClaimedChunk
 from schema.queue.sql import CAP_LOCK_KEY, NOTIFY_CHANNEL, NOW, key_columns
 
+# The claim, one statement. Due retries come first (chunks_retry_idx, soonest due first:
+# they have waited already). The rest of the limit is shared among the lanes (tenants) with
+# untried chunks, found by a skip scan of chunks_fair_idx (one index probe per lane): each
+# lane takes an equal share, the remainder going to lanes in a random order, and within a
+# lane chunks come by priority, then turn, so every waiting job of the lane gets its turn.
+# Every part is an index scan that stops after what it takes, whatever the backlog, and
+# locks what it takes with SKIP LOCKED, so concurrent claimers pass each other.
 _CLAIM = f"""
-WITH picked AS (
-    SELECT job_id, seq FROM chunks
-    WHERE status = 'pending' AND next_attempt_at <= {NOW}
+WITH RECURSIVE lanes AS (
+    (SELECT lane FROM chunks WHERE status = 'pending' AND attempts = 0
+     ORDER BY lane LIMIT 1)
+    UNION ALL
+    SELECT (SELECT c.lane FROM chunks c
+            WHERE c.status = 'pending' AND c.attempts = 0 AND c.lane > l.lane
+            ORDER BY c.lane LIMIT 1)
+    FROM lanes l WHERE l.lane IS NOT NULL
+), retries AS (
+    SELECT ctid FROM chunks
+    WHERE status = 'pending' AND attempts > 0 AND next_attempt_at <= {NOW}
       AND NOT job_id = ANY(%(skip)s::uuid[])
     ORDER BY next_attempt_at, job_id, seq
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), shares AS (
+    SELECT lane, (%(limit)s - (SELECT count(*) FROM retries)) AS free,
+           count(*) OVER () AS n, row_number() OVER (ORDER BY random()) - 1 AS i
+    FROM lanes WHERE lane IS NOT NULL
+), fresh AS (
+    SELECT f.ctid FROM shares s CROSS JOIN LATERAL (
+        SELECT ctid FROM chunks
+        WHERE lane = s.lane AND status = 'pending' AND attempts = 0
+          AND next_attempt_at <= {NOW} AND NOT job_id = ANY(%(skip)s::uuid[])
+        ORDER BY priority DESC, turn, job_id, seq
+        LIMIT s.free / s.n + CASE WHEN s.i < s.free %% s.n THEN 1 ELSE 0 END
+        FOR UPDATE SKIP LOCKED
+    ) f
+    WHERE s.free > 0
 ), claimed AS (
+    -- By the locked rows' ctids (stable while we hold their locks): a TID scan, whatever
+    -- plan the statement gets, never a join against the whole table.
     UPDATE chunks c
     SET status = 'running', attempts = c.attempts + 1, worker_id = %(me)s,
         lease_expires_at = {NOW} + make_interval(secs => %(lease)s), finished_at = NULL
-    FROM picked
-    WHERE c.job_id = picked.job_id AND c.seq = picked.seq
-    RETURNING c.job_id, c.seq, c.attempts, c.start_offset, c.end_offset, c.text, c.parts
+    WHERE c.ctid = ANY(ARRAY(SELECT ctid FROM retries UNION ALL SELECT ctid FROM fresh))
+    RETURNING c.job_id, c.seq, c.attempts, c.start_offset, c.end_offset, c.text, c.parts,
+              c.lane
 ), started AS (
     -- SKIP LOCKED: a job row locked by another claimer is being moved on by it already.
     UPDATE jobs SET status = 'PROCESSING', updated_at = {NOW}
-    WHERE id IN (SELECT id FROM jobs WHERE id IN (SELECT job_id FROM claimed)
-                 AND status = 'PENDING' FOR UPDATE SKIP LOCKED)
+    WHERE id IN (SELECT id FROM jobs
+                 WHERE id = ANY(ARRAY(SELECT DISTINCT job_id FROM claimed))
+                   AND status = 'PENDING' FOR UPDATE SKIP LOCKED)
 )
-SELECT job_id, seq, attempts, start_offset, end_offset, text, parts FROM claimed
+SELECT job_id, seq, attempts, start_offset, end_offset, text, parts, lane FROM claimed
 ORDER BY job_id, seq
 """
 
@@ -51,10 +83,13 @@ def claim(
 ) -> list[ClaimedChunk]:
     """Take up to ``limit`` due pending chunks: running, one more attempt, leased to us.
 
-    FOR UPDATE SKIP LOCKED lets any number of workers claim at once without waiting on
-    each other or taking the same row; the partial index keeps it an index scan however
-    many finished rows the table holds. The job moves PENDING -> PROCESSING in the same
-    statement, so a client never sees a running chunk under a PENDING job.
+    Fair: due retries first, then the lanes (tenants) with waiting chunks share the rest,
+    and within a lane its jobs take turns by priority (see ``_CLAIM``), so a small job
+    never waits behind another's backlog. FOR UPDATE SKIP LOCKED lets any number of
+    workers claim at once without waiting on each other or taking the same row; the
+    partial indexes keep every part an index scan however many finished rows the table
+    holds. The job moves PENDING -> PROCESSING in the same statement, so a client never
+    sees a running chunk under a PENDING job.
 
     ``cap`` bounds the provider calls running across every worker, chunks and reductions
     (CHUNKQ_PROVIDER_CONCURRENCY); see ``running_calls``. ``skip_jobs`` are jobs whose row
@@ -161,10 +196,15 @@ def seconds_until_due(
     conn: psycopg.Connection[Any], *, now: datetime | None = None
 ) -> float | None:
     """Seconds until the earliest pending chunk is due (0 if overdue), None if none: how long
-    an idle worker may sleep. An index lookup (the claim's partial index)."""
+    an idle worker may sleep. Index lookups: an untried chunk is due from its submit on, so
+    any one of them says 0 (or, under a test's clock, when), and the retries' index gives
+    the soonest retry."""
     row = conn.execute(
-        f"""SELECT extract(epoch FROM min(next_attempt_at) - {NOW})
-            FROM chunks WHERE status = 'pending'""",
+        f"""SELECT extract(epoch FROM least(
+                   (SELECT next_attempt_at FROM chunks
+                    WHERE status = 'pending' AND attempts = 0 LIMIT 1),
+                   (SELECT min(next_attempt_at) FROM chunks
+                    WHERE status = 'pending' AND attempts > 0)) - {NOW})""",
         {"now": now},
     ).fetchone()
     return None if row is None or row[0] is None else max(0.0, float(row[0]))
@@ -174,7 +214,9 @@ def drained(conn: psycopg.Connection[Any], *, now: datetime | None = None) -> bo
     """Whether no chunk is running anywhere and none is due: a burst worker's cue to exit."""
     row = conn.execute(
         f"""SELECT NOT EXISTS (SELECT 1 FROM chunks WHERE status = 'running')
-               AND NOT EXISTS (SELECT 1 FROM chunks WHERE status = 'pending'
+               AND NOT EXISTS (SELECT 1 FROM chunks WHERE status = 'pending' AND attempts = 0
+                               AND next_attempt_at <= {NOW})
+               AND NOT EXISTS (SELECT 1 FROM chunks WHERE status = 'pending' AND attempts > 0
                                AND next_attempt_at <= {NOW})""",
         {"now": now},
     ).fetchone()

@@ -33,6 +33,8 @@ class ClaimedChunk:
     text: str
     # Pieces of a split chunk that earlier attempts finished (None when not split).
     parts: list[dict[str, Any]] | None = None
+    # The lane (tenant) it was claimed in: the scope of its result in the result cache.
+    lane: str = "anonymous"
 
     @property
     def key(self) -> tuple[uuid.UUID, int]:
@@ -45,6 +47,11 @@ class Success:
     result: dict[str, Any]
     # The result already serialised (by the attempt thread, off the recording path).
     encoded: str | None = None
+    # Where the result cache keeps it (``schema.cache``): the scope and key it was looked up
+    # by (None: the cache is off), and whether it came from there rather than a provider call.
+    cache_scope: str | None = None
+    cache_key: bytes | None = None
+    cached: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,12 @@ CAP_LOCK_KEY = 0x6368756E6B71
 # pg_try_advisory_xact_lock key: one rescuer at a time across the fleet ("chunkqr").
 RESCUE_LOCK_KEY = 0x6368756E6B7172
 
+# The lane of jobs with no tenant (CHUNKQ_AUTH=off, or made before tenants existed).
+ANONYMOUS_LANE = "anonymous"
+# Fair share: a job's chunks take turns FAIR_QUANTUM at a time. Smaller interleaves jobs more
+# finely; larger keeps a claim's chunks (and so its counter updates) to fewer job rows.
+FAIR_QUANTUM = 8
+
 # `now` as a parameter, or the database's clock when the caller passes None.
 NOW = clock.NOW
 
