@@ -83,19 +83,21 @@ def test_cancel__answers_without_chunk_entries_however_big_the_job(
     assert "".join(text[e["start"] : e["end"]] for e in full) == text
 
 
-def test_cancel__stores_the_same_document_the_finalizer_builds(db: psycopg.Connection[Any]) -> None:
-    # cancel builds analysis_result its own (faster) way; it must equal queue._MERGED over the
-    # same rows: succeeded, failed, retried-then-cancelled, running and pending chunks.
+def test_cancel__reports_every_chunk_as_it_ended_and_stores_each_result_once(
+    db: psycopg.Connection[Any],
+) -> None:
+    # Succeeded, failed, retried-then-cancelled, running and pending chunks.
     job_id = submit(db, "alpha beta gamma delta epsilon zeta eta theta iota kappa", 6)
     with db.transaction():
         claimed = queue.claim(db, "W", 4, lease_s=30)
     ok, bad, retried, _running = claimed
+    result = {"chars": ok.end - ok.start, "words": 1, "note": 'ünïcode "q"'}
     with db.transaction():
         queue.record(
             db,
             "W",
             [
-                Success(ok, {"chars": ok.end - ok.start, "words": 1, "note": 'ünïcode "q"'}),
+                Success(ok, result),
                 Failure(bad, "Permanent", "no good\nat all", retry_in=None),
                 Failure(retried, "Retryable", "try later", retry_in=0.0),
             ],
@@ -104,16 +106,18 @@ def test_cancel__stores_the_same_document_the_finalizer_builds(db: psycopg.Conne
     summary = {"chunks": 1, "chars": ok.end - ok.start, "words": 1}
     with db.transaction():
         queue.cancel(db, job_id, queue.merge_with(lambda results: summary))
-        merged = db.execute(
-            f"SELECT {queue._MERGED}", {"id": job_id, "summary": json.dumps(summary)}
-        ).fetchone()
-    stored = job_row(db, job_id)["analysis_result"]
-    assert merged is not None and stored == merged[0]
-    statuses = [e["status"] for e in stored["chunks"]]
-    assert statuses[:3] == ["succeeded", "failed", "cancelled"] and set(statuses[3:]) == {
-        "cancelled"
-    }
-    assert stored["chunks"][2]["error"] == "try later"  # the last error of a cancelled retry
+    reported = job_row(db, job_id)["analysis_result"]
+    assert reported["summary"] == summary
+    entries = reported["chunks"]
+    assert [e["index"] for e in entries] == list(range(len(entries)))
+    assert [e["status"] for e in entries[:3]] == ["succeeded", "failed", "cancelled"]
+    assert {e["status"] for e in entries[3:]} == {"cancelled"}
+    assert entries[0]["result"] == result and entries[0]["cached"] is False
+    assert entries[1]["error"] == "no good\nat all"
+    assert entries[2]["error"] == "try later"  # the last error of a cancelled retry
+    # The job keeps its own part; the chunk's result lives in its row only.
+    stored = db.execute("SELECT analysis_result FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    assert stored == ({"summary": summary},)
     assert_invariants(db)
 
 

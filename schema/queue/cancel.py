@@ -15,29 +15,15 @@ from schema.queue.outcomes import Merge
 from schema.queue.sql import CANCEL_NOTICE, NOTIFY_CHANNEL, NOW
 from schema.states import JobStatus
 
+# Its pending and running chunks become cancelled (a running one keeps its last error) and
+# the job keeps the summary of what had succeeded; the report lists every chunk from its row.
 _CANCEL = f"""
 WITH cancelled AS (
     UPDATE chunks SET status = 'cancelled', finished_at = {NOW}, lease_expires_at = NULL
     WHERE job_id = %(id)s AND status IN ('pending', 'running')
-    RETURNING seq, start_offset, end_offset, status, error, NULL::jsonb AS result
-), entries AS (
-    SELECT * FROM cancelled
-    UNION ALL
-    SELECT seq, start_offset, end_offset, status, error, result FROM chunks
-    WHERE job_id = %(id)s AND status NOT IN ('pending', 'running')
 )
 UPDATE jobs SET status = 'CANCELLED', finished_at = {NOW}, updated_at = {NOW},
-    analysis_result = jsonb_build_object(
-        'chunks', (SELECT coalesce(json_agg(
-                       json_build_object('index', seq, 'start', start_offset, 'end', end_offset,
-                                         'status', status,
-                                         CASE WHEN status = 'succeeded' THEN 'result'
-                                              ELSE 'error' END,
-                                         CASE WHEN status = 'succeeded' THEN result
-                                              ELSE to_jsonb(error) END)
-                       ORDER BY seq)::jsonb, '[]'::jsonb)
-                   FROM entries),
-        'summary', %(summary)s::jsonb)
+    analysis_result = jsonb_build_object('summary', %(summary)s::jsonb)
 WHERE id = %(id)s
 RETURNING pg_notify('{NOTIFY_CHANNEL}', '{CANCEL_NOTICE}')
 """
@@ -52,7 +38,7 @@ def cancel(
     now: datetime | None = None,
 ) -> JobStatus:
     """Cancel a job that is not finished: its pending and running chunks become cancelled,
-    and ``analysis_result`` keeps what had already succeeded.
+    and ``analysis_result`` keeps the summary of what had already succeeded.
 
     The job row is locked first, as in ``record``, so the succeeded chunks the summary merges
     stay as they are until commit. A running chunk's owner reports later through the fenced
@@ -73,8 +59,6 @@ def cancel(
     if JobStatus(row[0]).terminal:
         raise JobConflict(f"job {job_id} is already {row[0]}")
     text = summary(conn, job_id, merge)
-    # The 100,000 entries are sorted by seq in memory rather than in temporary files.
-    conn.execute("SET LOCAL work_mem = '64MB'")
     conn.execute(_CANCEL, {"id": job_id, "now": now, "summary": text})
     webhooks.add_event(conn, job_id, now=now)
     return JobStatus.CANCELLED

@@ -1,5 +1,9 @@
 """Finalize: the one transaction that moves a job whose chunks are all final to COMPLETED,
-PARTIAL_SUCCESS or FAILED, with its chunk results merged in order."""
+PARTIAL_SUCCESS or FAILED, with its chunk results merged into the document's summary.
+
+Each chunk's result is kept once, in its own row: ``jobs.analysis_result`` holds what is
+the job's own (the summary, the reduce step), and a report lists the chunks' results in
+order from the chunk rows when it is read (``schema.reads``)."""
 
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ def finalize(
     now: datetime | None = None,
     reduces: bool = True,
 ) -> JobStatus | None:
-    """Merge a job's chunk results in order and move it to its terminal status.
+    """Merge a job's chunk results into its summary and move it to its terminal status.
 
     Locks the job row (FOR UPDATE) and acts only if every chunk is final and the job is not
     terminal yet, so however many transactions race here, exactly one finalizes. Returns
@@ -62,7 +66,9 @@ def finalize(
         else:
             extra["reduce"] = {"status": "skipped", "reason": "no chunk succeeded"}
     conn.execute(
-        f"""UPDATE jobs SET status = %(status)s, analysis_result = {_MERGED} || %(extra)s::jsonb,
+        f"""UPDATE jobs SET status = %(status)s,
+                            analysis_result = jsonb_build_object('summary', %(summary)s::jsonb)
+                                              || %(extra)s::jsonb,
                             finished_at = {NOW}, updated_at = {NOW}
             WHERE id = %(id)s""",
         {
@@ -77,19 +83,6 @@ def finalize(
     return new_status
 
 
-# A job's ``analysis_result``, built by the server from the job's own rows (primary-key
-# range): one entry per chunk in ``seq`` order, and the provider's summary passed in.
-_MERGED = """jsonb_build_object(
-    'chunks', (SELECT coalesce(jsonb_agg(
-                   jsonb_build_object('index', seq, 'start', start_offset, 'end', end_offset,
-                                      'status', status)
-                   || CASE WHEN status = 'succeeded' THEN jsonb_build_object('result', result)
-                           ELSE jsonb_build_object('error', error) END
-                   ORDER BY seq), '[]'::jsonb)
-               FROM chunks WHERE job_id = %(id)s),
-    'summary', %(summary)s::jsonb)"""
-
-
 def summary(conn: psycopg.Connection[Any], job_id: uuid.UUID, merge: Merge) -> str:
     """The document-level merge of a job's succeeded chunks, as jsonb text.
 
@@ -98,7 +91,7 @@ def summary(conn: psycopg.Connection[Any], job_id: uuid.UUID, merge: Merge) -> s
     and the summary lists them, ``{"providers": [{"provider", "chunks", "summary"}, ...]}``
     in order of first appearance. A merge that raises, or returns what jsonb cannot hold,
     does not stop the job: the summary becomes ``{"error": ...}`` saying why, and every
-    chunk's own result stays in ``analysis_result.chunks``.
+    chunk's own result stays in its row, and in the report's ``analysis_result.chunks``.
     """
     # One JSON document parsed once: a big job's 50,000 results cost one json.loads
     # instead of a row conversion each (about ten times faster).
@@ -135,10 +128,3 @@ def summary(conn: psycopg.Connection[Any], job_id: uuid.UUID, merge: Merge) -> s
                 " each chunk's result is kept in analysis_result.chunks"
             }
         )
-
-
-# Cancel a job in one statement: its pending and running chunks become cancelled, and its
-# analysis_result is built from the rows as they now are, the cancelled ones taken from the
-# UPDATE's RETURNING and the rest from the statement's snapshot, so each chunk row is read
-# once. The document is _MERGED's, built as json text and cast once (jsonb's builders cost
-# about a fifth more on 100,000 entries). Safe under concurrency because the caller holds
