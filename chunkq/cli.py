@@ -421,15 +421,23 @@ def down() -> int:
     metavar="AGE",
     help="How long ago they finished: seconds, or a number with s, m, h or d.",
 )
-def prune(older_than: float) -> int:
-    """Delete jobs that finished long ago, with their chunks and attempt log.
+@click.option(
+    "--cache-older-than",
+    type=Age(),
+    default=None,
+    metavar="AGE",
+    help="Forget result-cache entries stored longer ago than this (default: --older-than).",
+)
+def prune(older_than: float, cache_older_than: float | None) -> int:
+    """Delete jobs that finished long ago, with their chunks and attempt log, and the
+    result cache's old entries.
 
     Uses DATABASE_URL, or the embedded PostgreSQL. A finished job whose reduce step is
     still pending or running is kept.
     """
     from chunkq.database import run_prune
 
-    return run_prune(older_than)
+    return run_prune(older_than, older_than if cache_older_than is None else cache_older_than)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -162,15 +162,21 @@ def run_migrate() -> int:
     return with_database("migration", run)
 
 
-def run_prune(older_than_s: float) -> int:
-    """``chunkq prune``: delete finished jobs older than ``older_than_s`` seconds."""
+def run_prune(older_than_s: float, cache_older_than_s: float) -> int:
+    """``chunkq prune``: delete finished jobs older than ``older_than_s`` seconds, and
+    result-cache entries older than ``cache_older_than_s``."""
+    from schema import cache
     from schema.db import connect
     from schema.prune import prune
 
     def run(url: str) -> str:
         with connect(url, autocommit=True) as conn:  # the session limits, as everywhere
             deleted = prune(conn, older_than_s)
-        return f"deleted {deleted} finished jobs older than {older_than_s:g} s"
+            forgotten = cache.prune(conn, cache_older_than_s)
+        return (
+            f"deleted {deleted} finished jobs older than {older_than_s:g} s and"
+            f" {forgotten} cached results older than {cache_older_than_s:g} s"
+        )
 
     return with_database("prune", run)
 

@@ -12,34 +12,44 @@ from typing import Any
 
 import psycopg
 
-from schema import queue
+from schema import queue, reads
 from schema.chunking import split_text
 from schema.db import connect
 from workerd.settings import Settings
 from workerd.worker import Worker
 
-# Retries at once (no backoff), three attempts: a failing chunk ends within a few steps.
-FAST = Settings(backoff_base_s=0.0, backoff_max_s=0.0, max_attempts=3)
+# Retries at once (no backoff), three attempts: a failing chunk ends within a few steps. The
+# result cache is off: these tests watch what the provider does with each chunk, and many
+# submit the same text again (tests/test_cache.py turns it on).
+FAST = Settings(backoff_base_s=0.0, backoff_max_s=0.0, max_attempts=3, result_cache="off")
+CACHED = Settings(backoff_base_s=0.0, backoff_max_s=0.0, max_attempts=3, result_cache="on")
 
 
-def submit(db: psycopg.Connection[Any], text: str, max_chars: int, **options: Any) -> uuid.UUID:
+def submit(
+    db: psycopg.Connection[Any], text: str, max_chars: int, *, priority: int = 0, **options: Any
+) -> uuid.UUID:
     """Enqueue a job the way the API does, in one transaction; returns its id."""
     job_id = uuid.uuid4()
     spans = split_text(text, max_chars)
     with db.transaction():
-        queue.enqueue(db, job_id, text, spans, max_chunk_chars=max_chars, options=options)
+        queue.enqueue(
+            db, job_id, text, spans, max_chunk_chars=max_chars, options=options, priority=priority
+        )
     return job_id
 
 
 def job_row(db: psycopg.Connection[Any], job_id: uuid.UUID) -> dict[str, Any]:
+    """The job's row, its ``analysis_result`` as a report gives it: each chunk's result is
+    stored once, in its own row, and listed from there (``schema.reads``)."""
     cur = db.execute(
-        "SELECT status, chunks_total, chunks_completed, chunks_failed, analysis_result"
-        " FROM jobs WHERE id = %s",
+        "SELECT status, chunks_total, chunks_completed, chunks_failed FROM jobs WHERE id = %s",
         (job_id,),
     )
     row = cur.fetchone()
     assert row is not None
-    return dict(zip([c.name for c in cur.description or []], row, strict=True))
+    job = dict(zip([c.name for c in cur.description or []], row, strict=True))
+    job["analysis_result"] = reads.analysis_result(db, job_id)
+    return job
 
 
 def chunk_rows(db: psycopg.Connection[Any], job_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -93,10 +103,17 @@ def step_until(
     raise AssertionError(f"condition not reached in {steps} steps")
 
 
-def run_until_idle(url: str, provider: Any, *, concurrency: int = 4, steps: int = 100) -> None:
+def run_until_idle(
+    url: str,
+    provider: Any,
+    *,
+    concurrency: int = 4,
+    steps: int = 100,
+    settings: Settings = FAST,
+) -> None:
     """Step a fresh worker (no threads) until a step finds nothing to do: chunks claimed and
     recorded, jobs finalized, reductions run; fail after ``steps`` steps."""
-    worker = make_worker(url, provider, concurrency=concurrency)
+    worker = make_worker(url, provider, settings, concurrency=concurrency)
     try:
         for _ in range(steps):
             if not worker.run_once().busy:

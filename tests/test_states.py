@@ -22,6 +22,7 @@ from schema.states import (
     ReduceStatus,
 )
 from tests.support import (
+    CACHED,
     chunk_rows,
     install_audit,
     job_row,
@@ -156,7 +157,7 @@ def _drive_every_scenario(database_url: str, db: psycopg.Connection[Any]) -> dic
         assert got == (status, reduce), f"{played[job_id]} ended {got}"
 
     job = play("success, then its reduce", TEXT, reduce=True)
-    run_until_idle(database_url, SimulatedProvider())
+    run_until_idle(database_url, SimulatedProvider(), settings=CACHED)  # stores the results
     ended(job, JobStatus.COMPLETED, "succeeded")
 
     job = play("a retry then success, and a retried reduce", TEXT, reduce=True)
@@ -167,6 +168,12 @@ def _drive_every_scenario(database_url: str, db: psycopg.Connection[Any]) -> dic
     job = play("retries exhausted", TEXT)
     run_until_idle(database_url, SimulatedProvider(fail_rate=1.0))
     ended(job, JobStatus.FAILED)
+
+    # The provider would fail every attempt; the result cache answers instead.
+    job = play("answered by the result cache", TEXT)
+    run_until_idle(database_url, SimulatedProvider(fail_rate=1.0), settings=CACHED)
+    ended(job, JobStatus.COMPLETED)
+    assert {(r["attempts"], r["status"]) for r in chunk_rows(db, job)} == {(1, "succeeded")}
 
     job = play("some chunks fail, and the reduce is refused", TEXT, reduce=True)
     run_until_idle(database_url, ReduceRefused(fail_pattern="topic 2"))

@@ -57,8 +57,14 @@ class Attempts:
         """A call with the attempt's deadline, carrying a split chunk's finished pieces."""
         return Call(self.settings.attempt_timeout_s, parts=parts, monotonic=self._monotonic)
 
-    def chunk(self, chunk: ClaimedChunk, call: Call | None = None) -> Success | Failure:
-        """Run the provider on one chunk; never raises: every error becomes a Failure."""
+    def chunk(
+        self,
+        chunk: ClaimedChunk,
+        call: Call | None = None,
+        cache: tuple[str, bytes] | None = None,
+    ) -> Success | Failure:
+        """Run the provider on one chunk; never raises: every error becomes a Failure. A
+        success is kept in the result cache under ``cache`` (scope, key), when given."""
         call = call or self.new_call(chunk.parts)
         try:
             result = self.provider.analyze(chunk.text, call)
@@ -75,7 +81,9 @@ class Attempts:
                 unavailable=getattr(exc, "unavailable", False),
                 parts=_pieces(call),
             )
-        return Success(chunk, result, encoded)
+        if cache is None:
+            return Success(chunk, result, encoded)
+        return Success(chunk, result, encoded, cache_scope=cache[0], cache_key=cache[1])
 
     def reduce(self, reduction: ClaimedReduction, call: Call | None = None) -> ReduceOutcome:
         """Run the provider's reduce step on a job's ordered analyses; never raises."""

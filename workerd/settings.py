@@ -46,6 +46,8 @@ class Settings:
     webhook_concurrency: int = 8
     webhook_poll_s: float = 1.0
     webhook_allow_private: bool = False
+    # The result cache: on (within each tenant), shared (across tenants) or off.
+    result_cache: str = "on"
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -76,6 +78,10 @@ class Settings:
             raise ValueError("CHUNKQ_WEBHOOK_CONCURRENCY must be at least 1")
         if not self.webhook_poll_s > 0:
             raise ValueError("CHUNKQ_WEBHOOK_POLL_S must be positive")
+        if self.result_cache not in ("on", "shared", "off"):
+            raise ValueError(
+                f"CHUNKQ_RESULT_CACHE={self.result_cache!r}: choose one of on, shared, off"
+            )
         self.webhook_delays  # noqa: B018 (a malformed schedule fails here, not at delivery)
 
     @property
@@ -157,4 +163,5 @@ ENVIRONMENT = {
     "webhook_concurrency": "CHUNKQ_WEBHOOK_CONCURRENCY",
     "webhook_poll_s": "CHUNKQ_WEBHOOK_POLL_S",
     "webhook_allow_private": "CHUNKQ_WEBHOOK_ALLOW_PRIVATE",
+    "result_cache": "CHUNKQ_RESULT_CACHE",
 }

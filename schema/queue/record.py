@@ -16,18 +16,28 @@ from schema.queue.outcomes import Failure, Merge, Recorded, Success
 from schema.queue.sql import NOTIFY_CHANNEL, NOW, key_columns
 from schema.states import JobStatus
 
+# A success that did not come from the cache and has a cache key (scope, key) is stored in
+# the result cache in the same statement; an entry someone stored first is kept.
 _SUCCEED = f"""
 WITH input AS (
     SELECT * FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[], %(attempts)b::int[],
-                         %(results)b::text[]) AS i(job_id, seq, attempt, result)
+                         %(results)b::text[], %(cached)b::bool[], %(scopes)b::text[],
+                         %(keys)b::bytea[])
+             AS i(job_id, seq, attempt, result, cached, scope, key)
 ), done AS (
     UPDATE chunks c
     SET status = 'succeeded', result = i.result::jsonb, error = NULL, parts = NULL,
-        provider = %(provider)s, finished_at = {NOW}, lease_expires_at = NULL
+        provider = %(provider)s, finished_at = {NOW}, lease_expires_at = NULL,
+        cached = i.cached
     FROM input i
     WHERE c.job_id = i.job_id AND c.seq = i.seq AND c.attempts = i.attempt
       AND c.status = 'running' AND c.worker_id = %(me)s
-    RETURNING c.job_id, c.seq
+    RETURNING c.job_id, c.seq, c.result, i.cached, i.scope, i.key
+), stored AS (
+    INSERT INTO result_cache (scope, key, result, provider, created_at)
+    SELECT scope, key, result, %(provider)s, {NOW} FROM done
+    WHERE NOT cached AND key IS NOT NULL
+    ON CONFLICT (scope, key) DO NOTHING
 ), counts AS (
     SELECT job_id, count(*)::int AS n FROM done GROUP BY job_id
 ), counted AS (
@@ -149,7 +159,16 @@ def record(
         results = [o.encoded or json.dumps(o.result, separators=(",", ":")) for o in successes]
         rows += conn.execute(
             _SUCCEED,
-            {**params, "job_ids": job_ids, "seqs": seqs, "attempts": attempts, "results": results},
+            {
+                **params,
+                "job_ids": job_ids,
+                "seqs": seqs,
+                "attempts": attempts,
+                "results": results,
+                "cached": [o.cached for o in successes],
+                "scopes": [o.cache_scope for o in successes],
+                "keys": [o.cache_key for o in successes],
+            },
         ).fetchall()
     for statement, batch in ((_FAIL, failures), (_RETRY, retries)):
         if not batch:

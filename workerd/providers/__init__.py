@@ -19,6 +19,7 @@ from workerd.providers.base import (
     ProviderError,
     ProviderUnavailable,
     RetryableError,
+    cache_identity,
     can_reduce,
     circuit_key,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "ProviderUnavailable",
     "RetryableError",
     "SimulatedProvider",
+    "cache_identity",
     "can_reduce",
     "circuit_key",
     "make_provider",

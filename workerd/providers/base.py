@@ -159,6 +159,15 @@ def can_reduce(provider: Provider) -> bool:
     return callable(getattr(provider, "reduce", None))
 
 
+def cache_identity(provider: Provider) -> str | None:
+    """What decides a provider's result besides the chunk's text (its name, model, prompt,
+    output schema, version), for the result cache's key; None: its results are not cached.
+    A provider opts in with a ``cache_identity`` attribute, and must change it whenever its
+    answer to the same text would change."""
+    identity = getattr(provider, "cache_identity", None)
+    return str(identity) if identity else None
+
+
 def circuit_key(provider: Provider) -> str:
     """What identifies the provider's endpoint for the shared circuit breaker: workers that
     call the same server share one circuit."""

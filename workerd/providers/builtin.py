@@ -49,6 +49,9 @@ class BuiltinProvider:
     """Real analysis that runs offline; safe to call ``analyze`` from many threads."""
 
     name = "builtin"
+    # The result cache's key (workerd.providers.cache_identity): bump it when the analysis
+    # of a text changes.
+    cache_identity = "builtin/1"
 
     def __init__(self) -> None:
         # Loading the lexicon takes ~15 ms, so it is done once per provider, not per chunk.

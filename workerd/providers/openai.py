@@ -14,6 +14,7 @@ Speaks to OpenAI and to the servers that copy its API (vLLM, Ollama, llama.cpp, 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 from typing import Any
@@ -29,7 +30,7 @@ from workerd.providers.completions import Completion
 from workerd.providers.formats import FORMATS, FormatChoice, response_format_body
 from workerd.providers.prompts import DEFAULT_PROMPT, REDUCE_PROMPT, SYSTEM_PROMPT
 from workerd.providers.reduce_tree import ReduceTree
-from workerd.providers.replies import BadReply, parse_reply, quote
+from workerd.providers.replies import ANALYSIS_SCHEMA, BadReply, parse_reply, quote
 
 log = logging.getLogger("workerd.openai")
 
@@ -98,6 +99,20 @@ class OpenAIProvider:
         )
         # The circuit breaker's key: workers calling the same server share one circuit.
         self.endpoint = f"openai {self.base_url} {self.model}"
+        # The result cache's key: the same server and model, asked the same way for the same
+        # schema, answers a text alike (a server may serve any model under one name).
+        self.cache_identity = "openai/1 " + json.dumps(
+            [
+                self.base_url,
+                self.model,
+                self.max_tokens,
+                self.max_split_depth,
+                SYSTEM_PROMPT,
+                self.prompt_template,
+                ANALYSIS_SCHEMA,
+            ],
+            sort_keys=True,
+        )
         self._formats = FormatChoice(self.base_url)
 
     def close(self) -> None:

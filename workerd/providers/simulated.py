@@ -24,6 +24,8 @@ class SimulatedProvider:
     """
 
     name = "simulated"
+    # Its results depend on the text alone (failures are never cached).
+    cache_identity = "simulated/1"
 
     def __init__(
         self,
