@@ -74,12 +74,36 @@ class Recorder:
                 break
             if current(finished):
                 self.unrecorded.append(finished)
+                if isinstance(finished, Success) and finished.cached:
+                    continue  # the cache answered: says nothing about the provider
                 if isinstance(finished, Success) or (
                     isinstance(finished, ReduceOutcome) and finished.error is None
                 ):
                     self._circuit.observe(answered=True)
                 elif finished.unavailable:
                     self._circuit.observe(answered=False)
+
+    def batch(self, *, running: int, force: bool = False) -> list[Outcome]:
+        """The outcomes to write now, or [] while attempts of this batch (of ``running`` in
+        flight) may still join it.
+
+        Group commit: while attempts of this batch are still running, give them a few
+        milliseconds to finish, so fast providers cost one transaction per batch rather
+        than one per chunk. Slow providers barely notice: the window is tiny beside them.
+        """
+        if not self.unrecorded:
+            return []
+        now = self._monotonic()
+        if self.batch_opened is None:
+            self.batch_opened = now
+        if (
+            not force
+            and running > len(self.unrecorded)
+            and now - self.batch_opened < BATCH_WINDOW_S
+        ):
+            return []
+        self.batch_opened = None
+        return self.unrecorded
 
     def flush(
         self,
@@ -90,33 +114,42 @@ class Recorder:
         forget: Callable[[Key], None],
         force: bool = False,
     ) -> None:
-        """Write the unrecorded outcomes, unless attempts of this batch (of ``running``
-        attempts in flight) may still join it; ``forget`` each attempt once it is written or
+        """Write the unrecorded outcomes in a transaction of their own, unless their batch
+        is still open (see ``batch``); ``forget`` each attempt once it is written or
         refused. Counts what was done in ``step``."""
-        if not self.unrecorded:
-            return
-        # Group commit: while attempts of this batch are still running, give them a few
-        # milliseconds to finish, so fast providers cost one transaction per batch rather
-        # than one per chunk. Slow providers barely notice: the window is tiny beside them.
-        now = self._monotonic()
-        if self.batch_opened is None:
-            self.batch_opened = now
-        if (
-            not force
-            and running > len(self.unrecorded)
-            and now - self.batch_opened < BATCH_WINDOW_S
-        ):
-            return
-        self.batch_opened = None
-        outcomes = self.unrecorded
+        outcomes = self.batch(running=running, force=force)
+        if outcomes:
+            self.settle(step, outcomes, self.write(outcomes, probes), forget)
+
+    def write(self, outcomes: list[Outcome], probes: set[Key]) -> Written:
+        """Write outcomes in one transaction of their own; when the database refuses the
+        batch, each on its own (``write_each``). DatabaseDown keeps them for later."""
         try:
-            recorded, waiting = self.write(outcomes, probes)
+            written: Written = self._db.transaction(
+                lambda conn: self.write_in(conn, outcomes, probes)
+            )
+            return written
         except DatabaseDown:
             raise  # kept in unrecorded, written when the database is back
         except Exception:
-            # One bad outcome must not hold the others: write them one by one.
-            log.exception("recording %d outcomes failed; recording them one by one", len(outcomes))
-            recorded, waiting = self.write_each(outcomes, probes)
+            return self.recover(outcomes, probes)
+
+    def recover(self, outcomes: list[Outcome], probes: set[Key]) -> Written:
+        """The batch's transaction failed: one bad outcome must not hold the others, so
+        write them one by one."""
+        log.exception("recording %d outcomes failed; recording them one by one", len(outcomes))
+        return self.write_each(outcomes, probes)
+
+    def settle(
+        self,
+        step: Step,
+        outcomes: list[Outcome],
+        written: Written,
+        forget: Callable[[Key], None],
+    ) -> None:
+        """After ``outcomes`` were written (``written``): keep those deferred by a job row
+        held elsewhere, ``forget`` the rest, and count what was done in ``step``."""
+        recorded, waiting = written
         # Written, refused by the fence, or waiting on a job row held elsewhere (kept).
         deferred = set(recorded.deferred) | {o.reduction.job_id for o in waiting}
         self.unrecorded = [o for o in outcomes if key_of(o) in deferred]
@@ -154,49 +187,46 @@ class Recorder:
             wait = min(wait, DEFERRED_RETRY_S)
         return wait
 
-    def write(self, outcomes: list[Outcome], probes: set[Key]) -> Written:
-        """Write outcomes in one transaction. Returns what ``queue.record`` did and the
-        reduce outcomes left for later because another transaction holds their job's row.
-        ``probes`` are the attempts that were the open circuit's probe."""
+    def write_in(
+        self, conn: psycopg.Connection[Any], outcomes: list[Outcome], probes: set[Key]
+    ) -> Written:
+        """Write outcomes in the caller's transaction. Returns what ``queue.record`` did and
+        the reduce outcomes left for later because another transaction holds their job's
+        row. ``probes`` are the attempts that were the open circuit's probe."""
         batch = [o for o in outcomes if not isinstance(o, ReduceOutcome)]
         reduced = [o for o in outcomes if isinstance(o, ReduceOutcome)]
         settings = self._attempts.settings
-
-        def write(conn: psycopg.Connection[Any]) -> Written:
-            held = queue.held_jobs(conn, {o.reduction.job_id for o in reduced})
-            for outcome in reduced:
-                if outcome.reduction.job_id in held:
-                    continue
-                counted = self._circuit.settle_reduce(
-                    conn, outcome.unavailable, probe=outcome.reduction.job_id in probes
-                )
-                if not reductions.finish(
-                    conn,
-                    self.worker_id,
-                    outcome.reduction,
-                    result=outcome.result,
-                    error=outcome.error,
-                    retry_in=outcome.retry_in if counted else 0.0,
-                    counted=counted,
-                    now=self._clock(),
-                ):
-                    log.warning(
-                        "lease lost before recording reduce of job %s", outcome.reduction.job_id
-                    )
-            recorded = queue.record(
+        held = queue.held_jobs(conn, {o.reduction.job_id for o in reduced})
+        for outcome in reduced:
+            if outcome.reduction.job_id in held:
+                continue
+            counted = self._circuit.settle_reduce(
+                conn, outcome.unavailable, probe=outcome.reduction.job_id in probes
+            )
+            if not reductions.finish(
                 conn,
                 self.worker_id,
-                self._circuit.settle(conn, batch, probes),
-                self._merge,
-                provider=self._attempts.provider.name,
+                outcome.reduction,
+                result=outcome.result,
+                error=outcome.error,
+                retry_in=outcome.retry_in if counted else 0.0,
+                counted=counted,
                 now=self._clock(),
-                notify=settings.provider_concurrency is not None,
-                reduces=self._reduces,
-            )
-            return recorded, [o for o in reduced if o.reduction.job_id in held]
-
-        result: Written = self._db.transaction(write)
-        return result
+            ):
+                log.warning(
+                    "lease lost before recording reduce of job %s", outcome.reduction.job_id
+                )
+        recorded = queue.record(
+            conn,
+            self.worker_id,
+            self._circuit.settle(conn, batch, probes),
+            self._merge,
+            provider=self._attempts.provider.name,
+            now=self._clock(),
+            notify=settings.provider_concurrency is not None,
+            reduces=self._reduces,
+        )
+        return recorded, [o for o in reduced if o.reduction.job_id in held]
 
     def write_each(self, outcomes: list[Outcome], probes: set[Key]) -> Written:
         """Write outcomes one transaction each, after their batch failed. An outcome that
@@ -208,13 +238,15 @@ class Recorder:
         waiting: list[ReduceOutcome] = []
         for outcome in outcomes:
             try:
-                recorded, held = self.write([outcome], probes)
+                recorded, held = self._write_alone(outcome, probes)
             except DatabaseDown:
                 raise
             except Exception as exc:
                 log.warning("could not record %s: %r", label(key_of(outcome)), exc)
                 try:
-                    recorded, held = self.write([self._attempts.unrecordable(outcome, exc)], probes)
+                    recorded, held = self._write_alone(
+                        self._attempts.unrecordable(outcome, exc), probes
+                    )
                 except DatabaseDown:
                     raise
                 except Exception:
@@ -229,3 +261,9 @@ class Recorder:
             finalized.update(recorded.finalized)
             waiting += held
         return queue.Recorded(applied, dropped, finalized, deferred), waiting
+
+    def _write_alone(self, outcome: Outcome, probes: set[Key]) -> Written:
+        written: Written = self._db.transaction(
+            lambda conn: self.write_in(conn, [outcome], probes)
+        )
+        return written

@@ -15,20 +15,28 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import psycopg
 
 from schema import queue
-from schema.queue import ClaimedChunk, reductions
+from schema.queue import ClaimedChunk, Success, reductions
 from workerd.attempts import Attempts, Outcome, key_of, label
+from workerd.cache import ResultCache
 from workerd.circuit import Circuit
 from workerd.database import Database
 from workerd.inflight import InFlight
 from workerd.leases import Leases
 from workerd.pool import AttemptPool
-from workerd.providers import Provider, can_reduce, circuit_key, merge_by_name
+from workerd.providers import (
+    Provider,
+    cache_identity,
+    can_reduce,
+    circuit_key,
+    merge_by_name,
+)
 from workerd.recorder import Recorder
 from workerd.settings import Settings
 from workerd.step import Step
@@ -37,6 +45,18 @@ from workerd.webhooks import Webhooks
 log = logging.getLogger("workerd")
 
 Clock = Callable[[], datetime | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What one claim took: up to ``limit`` chunks, those the result cache answered (with
+    every chunk's cache scope and key), and a reduction when the chunks left room."""
+
+    limit: int = 0
+    chunks: list[ClaimedChunk] = field(default_factory=list)
+    hits: list[Success] = field(default_factory=list)
+    keys: dict[tuple[uuid.UUID, int], tuple[str, bytes]] = field(default_factory=dict)
+    reduction: reductions.ClaimedReduction | None = None
 
 
 def make_worker_id() -> str:
@@ -80,6 +100,7 @@ class Worker:
         self._inflight = InFlight(self.circuit)
         self._reduces = can_reduce(provider)
         self._merge = merge_by_name(provider)
+        self._cache = ResultCache(settings.result_cache, cache_identity(provider))
         self._recorder = Recorder(
             self.worker_id,
             self._db,
@@ -117,11 +138,12 @@ class Worker:
     # -- one step ------------------------------------------------------------------------
 
     def run_once(self) -> Step:
-        """Record finished attempts, keep leases alive, rescue lost chunks, claim up to the
-        free capacity and start them. Without a thread pool the claimed chunks run here."""
+        """Record finished attempts and claim up to the free capacity, in one transaction;
+        keep leases alive and rescue lost chunks. Without a thread pool the claimed chunks
+        run here, and their outcomes are recorded before returning."""
         step = Step()
         self._expire(step)
-        self._record(step)
+        self._recorder.collect(self._inflight.current)
         now = self.monotonic()
         changed = self.leases_changed.is_set()
         if self._inflight and (changed or now >= self._next_heartbeat):
@@ -131,57 +153,97 @@ class Worker:
         if now >= self._next_rescue:
             self._next_rescue = now + min(5.0, self.settings.lease_s / 2)
             self._leases.rescue(step)
+        batch = self._recorder.batch(running=len(self._inflight))
+        # The batch's calls are over: their slots are free once it is written.
+        free = self._free() + len([o for o in batch if key_of(o) not in self._recorder.deferred])
         if self.stopping.is_set():
+            free = 0
+        if not batch and free <= 0:
             return step
-        free = self._free()
-        if free <= 0:
-            return step
+        probes = set(self._inflight.probes)
 
-        def take(conn: psycopg.Connection[Any]) -> tuple[int, list[ClaimedChunk]]:
-            # The circuit decides how many, in the claim's own transaction.
-            limit = self.circuit.claim_limit(conn, free)
-            if limit <= 0:
-                return 0, []
-            return limit, queue.claim(
-                conn,
-                self.worker_id,
-                limit,
-                lease_s=self.settings.lease_s,
-                now=self._clock(),
-                cap=self.settings.provider_concurrency,
-                skip_jobs=self._recorder.held,
-            )
+        def work(conn: psycopg.Connection[Any]) -> tuple[Any, Claimed]:
+            # The claim first, the record last: the job rows the record locks are held for
+            # the least time, and a claim never waits on a lock (SKIP LOCKED throughout).
+            claimed = self._claim(conn, free)
+            written = self._recorder.write_in(conn, batch, probes) if batch else None
+            return written, claimed
 
-        limit, claimed = self._transaction(take)
-        probing = self.circuit.open
-        step.claimed = len(claimed)
-        # Under a shared cap, an empty claim with work due means the cap is full: wait for
-        # a NOTIFY from whoever frees a slot instead of polling the claim in a tight loop.
-        self._capped = self.settings.provider_concurrency is not None and len(claimed) < limit
-        for chunk in claimed:
-            call = self._attempts.new_call(chunk.parts)
-            self._inflight.add(chunk, call, probe=probing)
-            self._start(functools.partial(self._attempts.chunk, chunk, call))
-        # Reductions only take capacity the chunks left free: chunks come first.
-        if self._reduces and len(claimed) < limit:
-            reduction = self._transaction(
-                lambda conn: reductions.claim(
-                    conn,
-                    self.worker_id,
-                    lease_s=self.settings.lease_s,
-                    max_attempts=self.settings.max_attempts,
-                    now=self._clock(),
-                    cap=self.settings.provider_concurrency,
-                )
-            )
-            if reduction is not None:
-                step.claimed += 1
-                call = self._attempts.new_call(None)
-                self._inflight.add(reduction, call, probe=probing)
-                self._start(functools.partial(self._attempts.reduce, reduction, call))
+        try:
+            written, claimed = self._transaction(work)
+        except DatabaseDown:
+            raise
+        except Exception:
+            if not batch:
+                raise
+            # One bad outcome must not hold the others, nor the claim: each on its own.
+            written = self._recorder.recover(batch, probes)
+            claimed = self._transaction(lambda conn: self._claim(conn, free))
+        if batch:
+            self._recorder.settle(step, batch, written, self._inflight.forget)
+        self._start_claimed(step, claimed)
         if step.claimed and self._pool is None:
             self._record(step)
         return step
+
+    def _claim(self, conn: psycopg.Connection[Any], free: int) -> Claimed:
+        """Claim up to ``free`` chunks (and a reduction, with what the chunks leave), in the
+        caller's transaction, and what the result cache answers of them."""
+        if free <= 0:
+            return Claimed()
+        # The circuit decides how many, in the claim's own transaction.
+        limit = self.circuit.claim_limit(conn, free)
+        if limit <= 0:
+            return Claimed()
+        chunks = queue.claim(
+            conn,
+            self.worker_id,
+            limit,
+            lease_s=self.settings.lease_s,
+            now=self._clock(),
+            cap=self.settings.provider_concurrency,
+            skip_jobs=self._recorder.held,
+        )
+        hits, keys = self._cache.answer(conn, chunks)
+        reduction = None
+        # Reductions only take capacity the chunks left free: chunks come first.
+        if self._reduces and len(chunks) < limit:
+            reduction = reductions.claim(
+                conn,
+                self.worker_id,
+                lease_s=self.settings.lease_s,
+                max_attempts=self.settings.max_attempts,
+                now=self._clock(),
+                cap=self.settings.provider_concurrency,
+            )
+        return Claimed(limit, chunks, hits, keys, reduction)
+
+    def _start_claimed(self, step: Step, claimed: Claimed) -> None:
+        """Hold what was claimed and start its attempts; the cache's answers are finished
+        attempts already, recorded with the next batch."""
+        probing = self.circuit.open
+        step.claimed = len(claimed.chunks) + (claimed.reduction is not None)
+        # Under a shared cap, an empty claim with work due means the cap is full: wait for
+        # a NOTIFY from whoever frees a slot instead of polling the claim in a tight loop.
+        self._capped = (
+            self.settings.provider_concurrency is not None
+            and len(claimed.chunks) < claimed.limit
+        )
+        answered = {hit.chunk.key: hit for hit in claimed.hits}
+        for chunk in claimed.chunks:
+            call = self._attempts.new_call(chunk.parts)
+            hit = answered.get(chunk.key)
+            self._inflight.add(chunk, call, probe=probing and hit is None)
+            if hit is not None:
+                self._recorder.finished.put(hit)
+                continue
+            self._start(
+                functools.partial(self._attempts.chunk, chunk, call, claimed.keys.get(chunk.key))
+            )
+        if claimed.reduction is not None:
+            call = self._attempts.new_call(None)
+            self._inflight.add(claimed.reduction, call, probe=probing)
+            self._start(functools.partial(self._attempts.reduce, claimed.reduction, call))
 
     def _free(self) -> int:
         """Slots free for new attempts: a deferred outcome's call is over and holds none."""
