@@ -76,12 +76,16 @@ def prose(chars: int, seed: int = 1) -> str:
     return "\n\n".join(paragraphs)[:chars].rstrip() + "."
 
 
-def job_text(chunks: int, max_chunk_chars: int = 1000) -> tuple[str, list[tuple[int, int]]]:
-    """A text the real chunker splits into exactly ``chunks`` chunks, and its spans."""
-    text = prose(chunks * max_chunk_chars)
+@functools.cache
+def job_text(
+    chunks: int, max_chunk_chars: int = 1000, seed: int = 1
+) -> tuple[str, list[tuple[int, int]]]:
+    """A text the real chunker splits into exactly ``chunks`` chunks, and its spans. Texts of
+    different seeds share no chunk, so the result cache answers none of them."""
+    text = prose(chunks * max_chunk_chars, seed)
     spans = split_text(text, max_chunk_chars)
     while len(spans) < chunks:  # the chunker cuts below the limit, so grow until enough
-        text = prose(len(text) * 2)
+        text = prose(len(text) * 2, seed)
         spans = split_text(text, max_chunk_chars)
     spans = spans[:chunks]
     return text[: spans[-1][1]], spans
@@ -90,30 +94,33 @@ def job_text(chunks: int, max_chunk_chars: int = 1000) -> tuple[str, list[tuple[
 def enqueue_jobs(
     conn: psycopg.Connection[Any], jobs: int, per_job: int, *, one_transaction: bool = False
 ) -> list[uuid.UUID]:
-    """Enqueue ``jobs`` jobs of ``per_job`` chunks each via schema.queue.enqueue."""
-    text, spans = job_text(per_job)
+    """Enqueue ``jobs`` jobs of ``per_job`` chunks each via schema.queue.enqueue, each of its
+    own text (the result cache answers none of their chunks)."""
     ids = [uuid.uuid4() for _ in range(jobs)]
     if one_transaction:
         with conn.transaction():
-            for job_id in ids:
+            for n, job_id in enumerate(ids):
+                text, spans = job_text(per_job, seed=n + 1)
                 queue.enqueue(conn, job_id, text, spans, max_chunk_chars=1000)
     else:
-        for job_id in ids:
+        for n, job_id in enumerate(ids):
+            text, spans = job_text(per_job, seed=n + 1)
             with conn.transaction():
                 queue.enqueue(conn, job_id, text, spans, max_chunk_chars=1000)
     return ids
 
 
 def enqueue_one_big_job(conn: psycopg.Connection[Any], chunks: int, per_piece: int) -> uuid.UUID:
-    """One job of ``chunks`` chunks: the per-job text repeated, spans shifted to match."""
-    piece, piece_spans = job_text(per_piece)
+    """One job of ``chunks`` chunks: per-job texts of different seeds one after the other
+    (no chunk repeats another), spans shifted to match."""
     copies = -(-chunks // per_piece)
-    text = piece * copies
-    spans = [
-        (start + n * len(piece), end + n * len(piece))
-        for n in range(copies)
-        for start, end in piece_spans
-    ][:chunks]
+    pieces = [job_text(per_piece, seed=n + 1) for n in range(copies)]
+    text = "".join(piece for piece, _ in pieces)
+    spans, shift = [], 0
+    for piece, piece_spans in pieces:
+        spans += [(start + shift, end + shift) for start, end in piece_spans]
+        shift += len(piece)
+    spans = spans[:chunks]
     job_id = uuid.uuid4()
     with conn.transaction():
         queue.enqueue(conn, job_id, text[: spans[-1][1]], spans, max_chunk_chars=1000)
@@ -209,7 +216,7 @@ def drain_window(conn: psycopg.Connection[Any]) -> tuple[float, int, int]:
 def reset(conn: psycopg.Connection[Any]) -> None:
     """Empty the chunkq tables (and the probes' tables) between runs in one database."""
     with conn.transaction():
-        conn.execute("TRUNCATE jobs, chunks, chunk_attempts CASCADE")
+        conn.execute("TRUNCATE jobs, chunks, chunk_attempts, result_cache CASCADE")
         for table in (
             "bench_job_started",
             "bench_job_finished",
