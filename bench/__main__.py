@@ -18,7 +18,11 @@ drain      20,000 chunks (over 100 jobs, or in one job) enqueued via schema.queu
            --concurrency 64``; chunks/s from the first claim to the commit of the last
            finalization (bench-only triggers; wall time incl. start-up in the notes),
            against the batched reference with as many clients (at most 2) measured right
-           before, and one job against spread. Best of 2 runs each.
+           before, and one job against spread. With 2 workers, spread also against
+           pgqueuer 1.6.0 (bench.pgq) measured right before: 2 processes of one
+           QueueManager each (asyncpg, batch_size 100, drain mode) draining as many no-op
+           jobs, its rate from the first dequeue to the last completion (bench-only
+           statement-level triggers); target twice pgqueuer's rate. Best of 2 runs each.
 pickup     One idle ``python -m workerd --concurrency 8``; 200 jobs submitted one at a time;
            submit commit -> first chunk claimed, both stamped by the server's clock
            (bench-only triggers; the commit also as read by the client right after COMMIT,

@@ -10,8 +10,10 @@ move, and a deferred trigger that fires inside the COMMIT of the move to a termi
 status), so interpreter start-up is not counted; and *wall*, from spawning the workers until every
 job is terminal (start-up included). The db rate is the figure compared with the batched
 reference of as many clients (two for four workers, the most the reference runs),
-measured right before the runs it is compared with. The full run repeats each pairing
-twice and keeps the best rates.
+measured right before the runs it is compared with. With 2 workers, the spread db rate is
+also compared with pgqueuer (bench.pgq): 2 processes draining as many no-op jobs as there
+are chunks, its rate measured the same way right before the chunkq runs; chunkq's target
+is twice pgqueuer's rate. The full run repeats each pairing twice and keeps the best rates.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from typing import Any
 
 import psycopg
 
-from bench import procs, reference, workload
+from bench import pgq, procs, reference, workload
 from bench.figures import Figure
 from bench.harness import BenchError, Context, wait_until
 
 NAME = "drain"
 CONCURRENCY = 64
+# pgqueuer is compared at this many processes, and chunkq at as many workers.
+PGQ_WORKERS = 2
 
 
 def _run_once(
@@ -76,6 +80,7 @@ def run(ctx: Context) -> list[Figure]:
     tries: dict[tuple[str, int], list[int]] = {}
     with (
         reference.Ceiling.open(ctx) as ceiling,
+        pgq.Pgqueuer.open(ctx) as pgqueuer,
         ctx.database("drain") as url,
         psycopg.connect(url, autocommit=True) as conn,
     ):
@@ -86,6 +91,8 @@ def run(ctx: Context) -> list[Figure]:
                 # shared machine drifts, and a ratio is only as good as the pairing.
                 ref = ceiling.rate("batched", min(count, 2), sizes.drain_chunks)
                 refs[count] = max(refs.get(count, 0.0), ref)
+                if count == PGQ_WORKERS:
+                    pgqueuer.rate(sizes.drain_chunks, PGQ_WORKERS)
                 for layout in ("spread", "one-job"):
                     db_rate, wall_rate = _run_once(ctx, url, conn, layout, count)
                     best = rates.get((layout, count), (0.0, 0.0))
@@ -112,6 +119,25 @@ def run(ctx: Context) -> list[Figure]:
                     extra={"wall_rate": wall_rate, "chunks": sizes.drain_chunks},
                 )
             )
+    if pgqueuer.runs:
+        db_rate, wall_rate = rates["spread", PGQ_WORKERS]
+        pgq_db = max(r[0] for r in pgqueuer.runs)
+        pgq_wall = max(r[1] for r in pgqueuer.runs)
+        figures.append(
+            Figure(
+                NAME,
+                f"{PGQ_WORKERS} workers, {jobs} jobs (db) vs pgqueuer x{PGQ_WORKERS}",
+                db_rate,
+                "chunks/s",
+                f"pgqueuer x{PGQ_WORKERS}",
+                pgq_db,
+                ratio_min=2.0,
+                note=f"{sizes.drain_chunks} no-op pgqueuer jobs; pgqueuer wall incl. start-up"
+                f" {pgq_wall:,.0f} jobs/s, chunkq's {wall_rate:,.0f} chunks/s; pgqueuer db"
+                f" rate of each run {[round(r[0]) for r in pgqueuer.runs]}",
+                extra={"pgqueuer_wall_rate": pgq_wall, "wall_rate": wall_rate},
+            )
+        )
     for count in counts:
         figures.append(
             Figure(
