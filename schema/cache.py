@@ -27,13 +27,14 @@ def lookup(
     conn: psycopg.Connection[Any], scopes: Sequence[str], keys: Sequence[bytes]
 ) -> dict[tuple[str, bytes], str]:
     """The cached results (JSON text) of these (scope, key) pairs that have one: a primary
-    key lookup each, in one statement."""
+    key lookup each (a LATERAL subquery, whatever plan the statement gets), in one statement."""
     if not keys:
         return {}
     rows = conn.execute(
         """SELECT c.scope, c.key, c.result::text
            FROM unnest(%(scopes)b::text[], %(keys)b::bytea[]) AS i(scope, key)
-           JOIN result_cache c ON c.scope = i.scope AND c.key = i.key""",
+           CROSS JOIN LATERAL (SELECT scope, key, result FROM result_cache r
+                               WHERE r.scope = i.scope AND r.key = i.key LIMIT 1) c""",
         {"scopes": list(scopes), "keys": list(keys)},
     ).fetchall()
     return {(scope, bytes(key)): result for scope, key, result in rows}

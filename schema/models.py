@@ -97,9 +97,7 @@ class Job(Base):
         Index("jobs_api_key_id_created_at_id_idx", "api_key_id", "created_at", "id"),
         Index("jobs_created_at_id_idx", "created_at", "id"),
         # A tenant's jobs in flight, for its limits.
-        CheckConstraint(
-            f"priority BETWEEN {MIN_PRIORITY} AND {MAX_PRIORITY}", name="priority"
-        ),
+        CheckConstraint(f"priority BETWEEN {MIN_PRIORITY} AND {MAX_PRIORITY}", name="priority"),
         Index(
             "jobs_in_flight_idx",
             "api_key_id",
@@ -159,9 +157,10 @@ class Chunk(Base):
             "seq",
             postgresql_where=text("status = 'pending' AND attempts > 0"),
         ),
-        # The rescuer and the shared cap: running chunks. The lease is not a key, so a
-        # heartbeat (which only moves the lease) is a HOT update.
-        Index("chunks_running_idx", "worker_id", postgresql_where=text("status = 'running'")),
+        # Running chunks: the rescuer's and the shared cap's, and each fenced write's way to
+        # its rows. The lease is not a key, so a heartbeat (which only moves the lease) is a
+        # HOT update.
+        Index("chunks_running_idx", "job_id", "seq", postgresql_where=text("status = 'running'")),
         {
             "postgresql_with": {
                 "fillfactor": "80",

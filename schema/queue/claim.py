@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 
 from schema.queue.outcomes import ClaimedChunk
-from schema.queue.sql import CAP_LOCK_KEY, NOTIFY_CHANNEL, NOW, key_columns
+from schema.queue.sql import CAP_LOCK_KEY, FENCED, NOTIFY_CHANNEL, NOW, key_columns
 
 # The claim, one statement. Due retries come first (chunks_retry_idx, soonest due first:
 # they have waited already). The rest of the limit is shared among the lanes (tenants) with
@@ -145,11 +145,12 @@ def heartbeat(
     if not job_ids:
         return set()
     rows = conn.execute(
-        f"""UPDATE chunks c SET lease_expires_at = {NOW} + make_interval(secs => %(lease)s)
-            FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[], %(attempts)b::int[])
-                 AS i(job_id, seq, attempt)
-            WHERE c.job_id = i.job_id AND c.seq = i.seq AND c.attempts = i.attempt
-              AND c.status = 'running' AND c.worker_id = %(me)s
+        f"""WITH input AS (
+                SELECT * FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[], %(attempts)b::int[])
+                         AS i(job_id, seq, attempt)
+            ), mine AS ({FENCED})
+            UPDATE chunks c SET lease_expires_at = {NOW} + make_interval(secs => %(lease)s)
+            FROM mine m WHERE c.ctid = m.tid
             RETURNING c.job_id, c.seq""",
         {
             "lease": lease_s,
@@ -178,13 +179,14 @@ def release(
     if not job_ids:
         return 0
     cur = conn.execute(
-        f"""UPDATE chunks c
+        f"""WITH input AS (
+                SELECT * FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[], %(attempts)b::int[])
+                         AS i(job_id, seq, attempt)
+            ), mine AS ({FENCED})
+            UPDATE chunks c
             SET status = 'pending', attempts = c.attempts - 1, worker_id = NULL,
                 lease_expires_at = NULL, next_attempt_at = {NOW}
-            FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[], %(attempts)b::int[])
-                 AS i(job_id, seq, attempt)
-            WHERE c.job_id = i.job_id AND c.seq = i.seq AND c.attempts = i.attempt
-              AND c.status = 'running' AND c.worker_id = %(me)s""",
+            FROM mine m WHERE c.ctid = m.tid""",
         {"job_ids": job_ids, "seqs": seqs, "attempts": attempts, "me": worker_id, "now": now},
     )
     if cur.rowcount:

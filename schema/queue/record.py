@@ -4,8 +4,9 @@ fenced on the lease, batched, and finalizing the jobs whose last chunk this was.
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +14,7 @@ import psycopg
 
 from schema.queue.finalize import finalize
 from schema.queue.outcomes import Failure, Merge, Recorded, Success
-from schema.queue.sql import NOTIFY_CHANNEL, NOW, key_columns
+from schema.queue.sql import COUNTED_JOBS, FENCED, NOTIFY_CHANNEL, NOW, key_columns
 from schema.states import JobStatus
 
 # A success that did not come from the cache and has a cache key (scope, key) is stored in
@@ -24,15 +25,14 @@ WITH input AS (
                          %(results)b::text[], %(cached)b::bool[], %(scopes)b::text[],
                          %(keys)b::bytea[])
              AS i(job_id, seq, attempt, result, cached, scope, key)
+), mine AS ({FENCED}
 ), done AS (
     UPDATE chunks c
-    SET status = 'succeeded', result = i.result::jsonb, error = NULL, parts = NULL,
+    SET status = 'succeeded', result = m.result::jsonb, error = NULL, parts = NULL,
         provider = %(provider)s, finished_at = {NOW}, lease_expires_at = NULL,
-        cached = i.cached
-    FROM input i
-    WHERE c.job_id = i.job_id AND c.seq = i.seq AND c.attempts = i.attempt
-      AND c.status = 'running' AND c.worker_id = %(me)s
-    RETURNING c.job_id, c.seq, c.result, i.cached, i.scope, i.key
+        cached = m.cached
+    FROM mine m WHERE c.ctid = m.tid
+    RETURNING c.job_id, c.seq, c.result, m.cached, m.scope, m.key
 ), stored AS (
     INSERT INTO result_cache (scope, key, result, provider, created_at)
     SELECT scope, key, result, %(provider)s, {NOW} FROM done
@@ -42,9 +42,9 @@ WITH input AS (
     SELECT job_id, count(*)::int AS n FROM done GROUP BY job_id
 ), counted AS (
     -- PENDING still, when the claim found the job row held elsewhere and left it.
-    UPDATE jobs j SET chunks_completed = j.chunks_completed + counts.n, updated_at = {NOW},
+    UPDATE jobs j SET chunks_completed = j.chunks_completed + k.n, updated_at = {NOW},
                       status = CASE WHEN j.status = 'PENDING' THEN 'PROCESSING' ELSE j.status END
-    FROM counts WHERE j.id = counts.job_id
+    FROM ({COUNTED_JOBS}) k WHERE j.ctid = k.tid
     RETURNING j.id, j.chunks_completed + j.chunks_failed = j.chunks_total AS all_final
 )
 SELECT d.job_id, d.seq, c.all_final FROM done d JOIN counted c ON c.id = d.job_id
@@ -55,13 +55,12 @@ WITH input AS (
     SELECT * FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[], %(attempts)b::int[],
                          %(classes)b::text[], %(errors)b::text[])
              AS i(job_id, seq, attempt, error_class, error)
+), mine AS ({FENCED}
 ), done AS (
     UPDATE chunks c
-    SET status = 'failed', error = i.error, finished_at = {NOW}, lease_expires_at = NULL
-    FROM input i
-    WHERE c.job_id = i.job_id AND c.seq = i.seq AND c.attempts = i.attempt
-      AND c.status = 'running' AND c.worker_id = %(me)s
-    RETURNING c.job_id, c.seq, c.attempts, i.error_class, i.error
+    SET status = 'failed', error = m.error, finished_at = {NOW}, lease_expires_at = NULL
+    FROM mine m WHERE c.ctid = m.tid
+    RETURNING c.job_id, c.seq, c.attempts, m.error_class, m.error
 ), logged AS (
     INSERT INTO chunk_attempts (job_id, seq, attempt, error_class, error, worker_id, at)
     SELECT job_id, seq, attempts, error_class, error, %(me)s, {NOW} FROM done
@@ -69,9 +68,9 @@ WITH input AS (
     SELECT job_id, count(*)::int AS n FROM done GROUP BY job_id
 ), counted AS (
     -- PENDING still, when the claim found the job row held elsewhere and left it.
-    UPDATE jobs j SET chunks_failed = j.chunks_failed + counts.n, updated_at = {NOW},
+    UPDATE jobs j SET chunks_failed = j.chunks_failed + k.n, updated_at = {NOW},
                       status = CASE WHEN j.status = 'PENDING' THEN 'PROCESSING' ELSE j.status END
-    FROM counts WHERE j.id = counts.job_id
+    FROM ({COUNTED_JOBS}) k WHERE j.ctid = k.tid
     RETURNING j.id, j.chunks_completed + j.chunks_failed = j.chunks_total AS all_final
 )
 SELECT d.job_id, d.seq, c.all_final FROM done d JOIN counted c ON c.id = d.job_id
@@ -86,16 +85,15 @@ WITH input AS (
                          %(classes)b::text[], %(errors)b::text[], %(delays)b::float8[],
                          %(counted)b::bool[], %(parts)b::text[])
              AS i(job_id, seq, attempt, error_class, error, delay, counted, parts)
+), mine AS ({FENCED}
 ), done AS (
     UPDATE chunks c
-    SET status = 'pending', error = i.error, worker_id = NULL, lease_expires_at = NULL,
-        next_attempt_at = {NOW} + make_interval(secs => i.delay),
-        attempts = c.attempts - CASE WHEN i.counted THEN 0 ELSE 1 END,
-        parts = coalesce(i.parts::jsonb, c.parts)
-    FROM input i
-    WHERE c.job_id = i.job_id AND c.seq = i.seq AND c.attempts = i.attempt
-      AND c.status = 'running' AND c.worker_id = %(me)s
-    RETURNING c.job_id, c.seq, i.attempt, i.error_class, i.error, i.counted
+    SET status = 'pending', error = m.error, worker_id = NULL, lease_expires_at = NULL,
+        next_attempt_at = {NOW} + make_interval(secs => m.delay),
+        attempts = c.attempts - CASE WHEN m.counted THEN 0 ELSE 1 END,
+        parts = coalesce(m.parts::jsonb, c.parts)
+    FROM mine m WHERE c.ctid = m.tid
+    RETURNING c.job_id, c.seq, m.attempt, m.error_class, m.error, m.counted
 ), logged AS (
     INSERT INTO chunk_attempts (job_id, seq, attempt, error_class, error, worker_id, at)
     SELECT job_id, seq, attempt, error_class, error, %(me)s, {NOW} FROM done WHERE counted
@@ -114,6 +112,8 @@ def record(
     now: datetime | None = None,
     notify: bool = False,
     reduces: bool = True,
+    patience_s: float = 0.0,
+    impatient: Collection[uuid.UUID] = (),
 ) -> Recorded:
     """Record a batch of attempt outcomes and finalize every job whose last chunk this was.
 
@@ -127,26 +127,32 @@ def record(
     sees completed + failed = total is the only one that can.
 
     A job row held by another transaction (a paused peer, an operator's open session) is
-    skipped, not waited on: its outcomes come back in ``deferred`` and the rest of the
-    batch is written, so one held row never stops the other jobs from finishing. A deferred
+    skipped, not waited on (beyond ``patience_s`` of retries, see ``held_jobs``): its
+    outcomes come back in ``deferred`` and the rest of the batch is written, so one held
+    row never stops the other jobs from finishing. A deferred
     chunk stays running (leased to us) with ``finished_at`` set: its provider call is over,
     so it no longer counts against the shared cap.
     """
     if not outcomes:
         return Recorded(0, [], {})
-    held = held_jobs(conn, {o.chunk.job_id for o in outcomes if _counts(o)})
+    held = held_jobs(
+        conn,
+        {o.chunk.job_id for o in outcomes if _counts(o)},
+        patience_s=patience_s,
+        impatient=impatient,
+    )
     waiting = [o for o in outcomes if _counts(o) and o.chunk.job_id in held]
     deferred = [o.chunk.key for o in waiting]
     outcomes = [o for o in outcomes if not (_counts(o) and o.chunk.job_id in held)]
     if waiting:
         job_ids, seqs, attempts = key_columns(o.chunk for o in waiting)
         conn.execute(
-            f"""UPDATE chunks c SET finished_at = {NOW}
-                FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[], %(attempts)b::int[])
-                     AS i(job_id, seq, attempt)
-                WHERE c.job_id = i.job_id AND c.seq = i.seq AND c.attempts = i.attempt
-                  AND c.status = 'running' AND c.worker_id = %(me)s
-                  AND c.finished_at IS NULL""",
+            f"""WITH input AS (
+                    SELECT * FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[],
+                                         %(attempts)b::int[]) AS i(job_id, seq, attempt)
+                ), mine AS ({FENCED})
+                UPDATE chunks c SET finished_at = {NOW}
+                FROM mine m WHERE c.ctid = m.tid AND c.finished_at IS NULL""",
             {"job_ids": job_ids, "seqs": seqs, "attempts": attempts, "me": worker_id, "now": now},
         )
     successes = [o for o in outcomes if isinstance(o, Success)]
@@ -186,7 +192,8 @@ def record(
                 for o in batch
             ]
         rows += conn.execute(
-            statement, {**params, "job_ids": job_ids, "seqs": seqs, "attempts": attempts, **extra}
+            statement,
+            {**params, "job_ids": job_ids, "seqs": seqs, "attempts": attempts, **extra},
         ).fetchall()
     applied = {(job_id, seq) for job_id, seq, _ in rows}
     if notify and applied:
@@ -205,22 +212,41 @@ def _counts(outcome: Success | Failure) -> bool:
     return isinstance(outcome, Success) or outcome.retry_in is None
 
 
-def held_jobs(conn: psycopg.Connection[Any], job_ids: set[uuid.UUID]) -> set[uuid.UUID]:
+def held_jobs(
+    conn: psycopg.Connection[Any],
+    job_ids: set[uuid.UUID],
+    *,
+    patience_s: float = 0.0,
+    impatient: Collection[uuid.UUID] = (),
+) -> set[uuid.UUID]:
     """Lock these job rows (id order, SKIP LOCKED); returns the ids another transaction
-    holds. A job that no longer exists is not held: its fenced writes simply match nothing."""
+    holds. A job that no longer exists is not held: its fenced writes simply match nothing.
+
+    A row held by a peer's short transaction (two workers recording chunks of one job) is
+    usually free a millisecond later, so for up to ``patience_s`` the rest are tried again,
+    never waited on (SKIP LOCKED: no lock wait, no deadlock); jobs in ``impatient`` (found
+    held last time: a paused peer, an operator's open session) are not waited for.
+    """
     if not job_ids:
         return set()
-    ids = sorted(job_ids)
-    locked = {
-        row[0]
-        for row in conn.execute(
-            "SELECT id FROM jobs WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE SKIP LOCKED",
-            {"ids": ids},
-        )
-    }
-    missing = [i for i in ids if i not in locked]
-    if not missing:
-        return set()
+    missing = sorted(job_ids)
+    deadline = time.monotonic() + patience_s
+    pause = 0.0005
+    while True:
+        locked = {
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM jobs WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE SKIP LOCKED",
+                {"ids": missing},
+            )
+        }
+        missing = [i for i in missing if i not in locked]
+        if not missing:
+            return set()
+        if any(i in impatient for i in missing) or time.monotonic() + pause > deadline:
+            break
+        time.sleep(pause)
+        pause *= 2
     # A plain read never waits on a row lock: what exists among the rest is held elsewhere.
     return {
         row[0]

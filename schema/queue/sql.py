@@ -32,11 +32,30 @@ FAIR_QUANTUM = 8
 NOW = clock.NOW
 
 
+# The rows of a batch (the CTE ``input``: job_id, seq, attempt, ...) that this worker still
+# holds for those attempts (the fence: running, this attempt, this owner), each found by its
+# primary key, with its ctid for the write that follows (``WHERE c.ctid = m.tid``). A LATERAL
+# subquery the planner cannot flatten (LIMIT) fixes the join order whatever plan a prepared
+# statement gets: a generic plan cannot know a batch's size, and one joined the other way
+# round rescanned the whole batch once per running chunk.
+# A row another transaction changes meanwhile (a cancel, a rescue) has another ctid by the
+# time the write re-checks it, so it is skipped: the lease was lost.
+FENCED = """SELECT i.*, c.tid FROM input i CROSS JOIN LATERAL (
+        SELECT ctid AS tid FROM chunks
+        WHERE job_id = i.job_id AND seq = i.seq AND attempts = i.attempt
+          AND status = 'running' AND worker_id = %(me)s LIMIT 1) c"""
+
+# The job rows of a batch's counts (the CTE ``counts``: job_id, n), each found by primary
+# key, with its ctid: the caller holds these rows (``held_jobs``), so the ctids stay.
+COUNTED_JOBS = """SELECT k.job_id, k.n, j.tid FROM counts k CROSS JOIN LATERAL (
+        SELECT ctid AS tid FROM jobs WHERE id = k.job_id LIMIT 1) j"""
+
+
 def jsonb_text(value: Any) -> str:
     """``value`` as JSON text that jsonb accepts, or ValueError: no NaN or infinity, no NUL
     character (U+0000), which PostgreSQL text cannot hold."""
     text = json.dumps(value, allow_nan=False, separators=(",", ":"))
-    if _NUL.search(text):
+    if "\\u0000" in text and _NUL.search(text):
         raise ValueError("a NUL character (U+0000) cannot be stored")
     return text
 

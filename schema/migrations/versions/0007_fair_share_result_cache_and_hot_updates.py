@@ -46,12 +46,14 @@ STORAGE = (
 
 
 def upgrade() -> None:
-    op.add_column("jobs", sa.Column("priority", sa.SmallInteger(), server_default="0", nullable=False))
-    op.create_check_constraint(
-        op.f("jobs_priority_check"), "jobs", "priority BETWEEN -10 AND 10"
+    op.add_column(
+        "jobs", sa.Column("priority", sa.SmallInteger(), server_default="0", nullable=False)
     )
+    op.create_check_constraint(op.f("jobs_priority_check"), "jobs", "priority BETWEEN -10 AND 10")
 
-    op.add_column("chunks", sa.Column("lane", sa.Text(), server_default="anonymous", nullable=False))
+    op.add_column(
+        "chunks", sa.Column("lane", sa.Text(), server_default="anonymous", nullable=False)
+    )
     op.add_column(
         "chunks", sa.Column("priority", sa.SmallInteger(), server_default="0", nullable=False)
     )
@@ -81,7 +83,7 @@ def upgrade() -> None:
     op.create_index(
         "chunks_running_idx",
         "chunks",
-        ["worker_id"],
+        ["job_id", "seq"],
         postgresql_where=sa.text("status = 'running'"),
     )
     op.execute(
@@ -97,7 +99,10 @@ def upgrade() -> None:
         sa.Column("result", JSONB(), nullable=False),
         sa.Column("provider", sa.Text(), nullable=False),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.PrimaryKeyConstraint("scope", "key", name=op.f("result_cache_pkey")),
     )
