@@ -160,8 +160,9 @@ def bound(
     conn: psycopg.Connection[Any], lease_s: float = DEFAULT_LEASE_S, *, statements: bool = True
 ) -> None:
     """Apply the session timeouts to the current transaction of a connection opened without
-    them (through a transaction pooler); a no-op on the others."""
-    if "options" in conn.info.get_parameters():
+    them (through a transaction pooler); a no-op on the others (libpq's own record of the
+    startup options: no round trip, no parsing of the connection string)."""
+    if b"statement_timeout" in (conn.pgconn.options or b""):
         return
     limits = session_timeouts(lease_s, statements=statements)
     conn.execute(

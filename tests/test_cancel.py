@@ -3,7 +3,6 @@ a small answer whatever the job's size, and the stored result the finalizer's sh
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import psycopg

@@ -474,6 +474,29 @@ def test_one_unstorable_outcome__the_rest_of_its_batch_is_recorded(
     assert_invariants(db)
 
 
+def test_one_unstorable_outcome_in_a_step_that_also_claims__the_batch_and_the_claim_go_on(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    # On a thread pool, a step writes the outcomes that came back and claims for the slots
+    # they free in one transaction; the database refusing one outcome must cost neither.
+    job_id = submit(db, TEXT, 40)
+    total = job_row(db, job_id)["chunks_total"]
+    assert total > 4
+    worker = make_worker(database_url, SurrogateOnTopic3(), concurrency=2)
+    worker.start()
+    try:
+        step_until(worker, lambda: terminal(db, job_id), steps=400, pause=0.01)
+    finally:
+        worker.stop()
+        worker.close()
+    row = job_row(db, job_id)
+    assert row["status"] == "PARTIAL_SUCCESS"
+    assert (row["chunks_completed"], row["chunks_failed"]) == (total - 1, 1)
+    errors = db.execute("SELECT error_class FROM chunk_attempts").fetchall()
+    assert errors == [("RecordFailed",)] * 3
+    assert_invariants(db)
+
+
 # --- 4. a database that hangs -------------------------------------------------------------
 
 

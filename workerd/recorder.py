@@ -30,6 +30,10 @@ Written = tuple[queue.Recorded, list[ReduceOutcome]]
 BATCH_WINDOW_S = 0.005
 # How often outcomes deferred by a job row held elsewhere are tried again.
 DEFERRED_RETRY_S = 0.25
+# How long a record retries a job row another worker's step holds (two workers finishing
+# chunks of one job) before deferring its outcomes; rows found held last time are not
+# retried (see schema.queue.held_jobs).
+HELD_PATIENCE_S = 0.005
 
 
 class Recorder:
@@ -225,6 +229,8 @@ class Recorder:
             now=self._clock(),
             notify=settings.provider_concurrency is not None,
             reduces=self._reduces,
+            patience_s=HELD_PATIENCE_S,
+            impatient=self.held,
         )
         return recorded, [o for o in reduced if o.reduction.job_id in held]
 
@@ -263,7 +269,5 @@ class Recorder:
         return queue.Recorded(applied, dropped, finalized, deferred), waiting
 
     def _write_alone(self, outcome: Outcome, probes: set[Key]) -> Written:
-        written: Written = self._db.transaction(
-            lambda conn: self.write_in(conn, [outcome], probes)
-        )
+        written: Written = self._db.transaction(lambda conn: self.write_in(conn, [outcome], probes))
         return written

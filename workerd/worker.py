@@ -26,7 +26,7 @@ from schema.queue import ClaimedChunk, Success, reductions
 from workerd.attempts import Attempts, Outcome, key_of, label
 from workerd.cache import ResultCache
 from workerd.circuit import Circuit
-from workerd.database import Database
+from workerd.database import Database, DatabaseDown
 from workerd.inflight import InFlight
 from workerd.leases import Leases
 from workerd.pool import AttemptPool
@@ -124,6 +124,11 @@ class Worker:
             replace_stuck=self._replace_stuck,
         )
         self.wake = threading.Event()
+        # Attempts handed to the pool, outcomes it handed back, and how many of those the
+        # loop had taken at its last step: the pool wakes the loop for the first outcome of a
+        # batch (which opens its group-commit window) and for the last, not for each one.
+        self._flow = threading.Lock()
+        self._started = self._finished = self._seen = 0
         self.stopping = threading.Event()
         # Delivers the outbox's webhook events on threads and a connection of its own.
         self.webhooks = Webhooks(settings, connect, self.worker_id, stopping=self.stopping)
@@ -143,6 +148,8 @@ class Worker:
         run here, and their outcomes are recorded before returning."""
         step = Step()
         self._expire(step)
+        with self._flow:
+            self._seen = self._finished
         self._recorder.collect(self._inflight.current)
         now = self.monotonic()
         changed = self.leases_changed.is_set()
@@ -226,8 +233,7 @@ class Worker:
         # Under a shared cap, an empty claim with work due means the cap is full: wait for
         # a NOTIFY from whoever frees a slot instead of polling the claim in a tight loop.
         self._capped = (
-            self.settings.provider_concurrency is not None
-            and len(claimed.chunks) < claimed.limit
+            self.settings.provider_concurrency is not None and len(claimed.chunks) < claimed.limit
         )
         answered = {hit.chunk.key: hit for hit in claimed.hits}
         for chunk in claimed.chunks:
@@ -250,13 +256,18 @@ class Worker:
         return self.concurrency - len(self._inflight) + len(self._recorder.deferred)
 
     def _replace_stuck(self) -> None:
-        """A fresh attempt thread beside one whose call was abandoned (no pool: nothing)."""
+        """A fresh attempt thread beside one whose call was abandoned (no pool: nothing).
+        The abandoned attempt is no longer awaited: the last of the others wakes the loop."""
         if self._pool is not None:
+            with self._flow:
+                self._started -= 1
             self._pool.replace_stuck()
 
     def _start(self, attempt: Callable[[], Outcome]) -> None:
         """Run an attempt on the pool, or right here when there is no pool (tests)."""
         if self._pool is not None:
+            with self._flow:
+                self._started += 1
             self._pool.submit(attempt)
         else:
             self._recorder.finished.put(attempt())
@@ -283,6 +294,8 @@ class Worker:
 
     def _record(self, step: Step, *, force: bool = False) -> None:
         """Take the finished attempts still ours, and write them (see ``Recorder.flush``)."""
+        with self._flow:
+            self._seen = self._finished
         self._recorder.collect(self._inflight.current)
         self._recorder.flush(
             step,
@@ -385,9 +398,15 @@ class Worker:
         return self.hand_back()
 
     def _done(self, outcome: Outcome) -> None:
-        """An attempt thread's outcome: queued for recording, and the loop woken."""
+        """An attempt thread's outcome: queued for recording; the loop is woken for the first
+        outcome since its last step and once every attempt it started has finished (the
+        group-commit window's timeout wakes it in between)."""
         self._recorder.finished.put(outcome)
-        self.wake.set()
+        with self._flow:
+            self._finished += 1
+            wake = self._finished == self._seen + 1 or self._finished >= self._started
+        if wake:
+            self.wake.set()
 
     def stop(self) -> None:
         """Stop claiming; the loop finishes in-flight chunks within the grace period."""
