@@ -81,7 +81,7 @@ def report_json(
         """SELECT status, chunks_total, chunks_completed, chunks_failed,
                   (CASE WHEN %(result)s THEN analysis_result - 'chunks' END)::text,
                   created_at, updated_at, finished_at, max_chunk_chars, text_chars,
-                  metadata::text, webhook_url
+                  metadata::text, webhook_url, priority
            FROM jobs WHERE id = %(id)s AND (%(owner)s::text IS NULL OR api_key_id = %(owner)s)""",
         {"id": job_id, "chunks": chunks, "result": result, "owner": owner},
     ).fetchone()
@@ -100,6 +100,7 @@ def report_json(
         text_chars,
         metadata,
         webhook_url,
+        priority,
     ) = row
     errors = conn.execute(
         """SELECT coalesce(json_agg(json_build_object(
@@ -136,6 +137,7 @@ def report_json(
         "usage": RawJSON(usage) if usage is not None else None,
         "metadata": RawJSON(metadata),
         "webhook_url": webhook_url,
+        "priority": priority,
         "max_chunk_chars": max_chars,
         "text_chars": text_chars,
         "created_at": created.isoformat(),

@@ -1,5 +1,6 @@
 """The fields a submission may carry beside the text: ``text`` (the reference API's name for
-``raw_text``), ``metadata`` and ``webhook_url``; each bad one named, nothing written."""
+``raw_text``), ``metadata``, ``webhook_url`` and ``priority``; each bad one named, nothing
+written."""
 
 from __future__ import annotations
 
@@ -128,3 +129,37 @@ def test_webhook_url__private_targets_are_allowed_when_the_operator_says_so(
     for url in ("http://127.0.0.1:9000/hook", "http://localhost/hook", "http://10.0.0.5/"):
         posted = client.post("/v1/analyze", json={"raw_text": TEXT, "webhook_url": url})
         assert posted.status_code == 202, url
+
+
+def test_priority_is_stored_returned_and_given_to_the_chunks(
+    client: FlaskClient, db: psycopg.Connection[Any]
+) -> None:
+    posted = client.post("/v1/analyze", json={"raw_text": TEXT, "priority": -3})
+    assert posted.status_code == 202
+    assert posted.get_json()["priority"] == -3
+    report = client.get(posted.headers["Location"]).get_json()
+    assert report["priority"] == -3
+    rows = db.execute(
+        "SELECT DISTINCT priority FROM chunks WHERE job_id = %s", (report["job_id"],)
+    ).fetchall()
+    assert rows == [(-3,)]
+    plain = client.post("/v1/analyze", json={"raw_text": TEXT}).get_json()
+    assert plain["priority"] == 0
+
+
+@pytest.mark.parametrize(
+    ("priority", "says"),
+    [
+        (11, "must be between -10 and 10"),
+        (-11, "must be between -10 and 10"),
+        (1.5, "must be an integer"),
+        (True, "must be an integer"),
+        ("high", "must be an integer"),
+    ],
+)
+def test_priority__out_of_range_or_not_an_integer_is_named(
+    client: FlaskClient, db: psycopg.Connection[Any], priority: Any, says: str
+) -> None:
+    [(named, detail)] = _problem(client, {"raw_text": TEXT, "priority": priority})
+    assert named == "priority" and says in detail
+    assert _jobs(db) == 0

@@ -61,6 +61,7 @@ def submit() -> tuple[dict[str, Any], int, dict[str, str]]:
         "chunks_total": len(spans),
         "max_chunk_chars": sub.max_chunk_chars,
         "metadata": sub.metadata,
+        "priority": sub.priority,
         "status_url": f"/v1/analyze/{job_id}",
     }
     with connection(write=True) as conn:
@@ -80,6 +81,7 @@ def submit() -> tuple[dict[str, Any], int, dict[str, str]]:
                 owner=tenant.id,
                 metadata=sub.metadata,
                 webhook_url=sub.webhook_url,
+                priority=sub.priority,
             )
     return body, 202, {"Location": body["status_url"]}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from schema.models import MAX_PRIORITY, MIN_PRIORITY
 from schema.states import ChunkStatus, JobStatus, ReduceStatus
 from web.validation import MAX_METADATA_CHARS, MAX_METADATA_KEYS
 
@@ -29,6 +30,14 @@ def obj(required: list[str], **properties: Any) -> dict[str, Any]:
 
 
 INT = {"type": "integer"}
+PRIORITY = {
+    "type": "integer",
+    "minimum": MIN_PRIORITY,
+    "maximum": MAX_PRIORITY,
+    "default": 0,
+    "description": "Orders the job among its tenant's jobs: higher runs first. Other"
+    " tenants' jobs are not affected; every tenant gets its share of the workers.",
+}
 COUNT = {"type": "integer", "minimum": 0}
 STRING = {"type": "string"}
 TIME = {"type": "string", "format": "date-time"}
@@ -76,6 +85,7 @@ def schemas(cfg: Any) -> dict[str, Any]:
         ),
         "metadata": ref("Metadata"),
         "webhook_url": nullable(STRING),
+        "priority": PRIORITY,
         "max_chunk_chars": {"type": "integer", "minimum": 1},
         "text_chars": COUNT,
         "created_at": TIME,
@@ -160,6 +170,7 @@ def schemas(cfg: Any) -> dict[str, Any]:
                     "description": "Where the job's terminal event is POSTed (http or https;"
                     " private and loopback addresses only with CHUNKQ_WEBHOOK_ALLOW_PRIVATE).",
                 },
+                "priority": PRIORITY,
             },
         },
         "SubmitAccepted": obj(
@@ -176,6 +187,7 @@ def schemas(cfg: Any) -> dict[str, Any]:
             chunks_total={"type": "integer", "minimum": 1},
             max_chunk_chars={"type": "integer", "minimum": 1},
             metadata=ref("Metadata"),
+            priority=PRIORITY,
             status_url={"type": "string", "description": "/v1/analyze/{job_id}"},
         ),
         "AttemptError": obj(
@@ -204,10 +216,15 @@ def schemas(cfg: Any) -> dict[str, Any]:
                 end=COUNT,
                 status={"type": "string", "enum": FINAL_CHUNK_STATUSES},
                 result={"type": "object", "description": "The provider's output."},
+                cached={
+                    "type": "boolean",
+                    "description": "The result came from the result cache (an identical chunk"
+                    " analysed before), not from a provider call.",
+                },
                 error=nullable(STRING),
             ),
-            "description": "One chunk, in order: raw_text[start:end] is its text; result when"
-            " it succeeded, error otherwise.",
+            "description": "One chunk, in order: raw_text[start:end] is its text; result (and"
+            " cached) when it succeeded, error otherwise.",
         },
         "Reduce": obj(
             ["status"],

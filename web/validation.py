@@ -11,10 +11,11 @@ from flask import Request
 
 from schema.addresses import check_url
 from schema.errors import InvalidRequest
+from schema.models import MAX_PRIORITY, MIN_PRIORITY
 from web.body import parse_json, read_body
 from web.problems import ValidationFailed
 
-FIELDS = ("raw_text", "text", "max_chunk_chars", "reduce", "metadata", "webhook_url")
+FIELDS = ("raw_text", "text", "max_chunk_chars", "reduce", "metadata", "webhook_url", "priority")
 MAX_METADATA_KEYS = 16
 MAX_METADATA_CHARS = 512
 
@@ -26,13 +27,14 @@ class Submission:
     reduce: bool
     metadata: dict[str, str] = field(default_factory=dict)
     webhook_url: str | None = None
+    priority: int = 0
 
     def fingerprint(self) -> str:
         """A digest of what was asked, for ``Idempotency-Key``: the same request however its
         JSON was spelled (key order, spacing, ``text`` for ``raw_text``)."""
         digest = hashlib.sha256()
         for part in (
-            json.dumps([self.max_chunk_chars, self.reduce, self.webhook_url]),
+            json.dumps([self.max_chunk_chars, self.reduce, self.webhook_url, self.priority]),
             json.dumps(self.metadata, sort_keys=True),
             self.raw_text,
         ):
@@ -143,10 +145,22 @@ def parse_submission(
         elif (why := check_url(webhook_url, allow_private=allow_private_webhooks)) is not None:
             errors.append(InvalidRequest("webhook_url", why))
 
+    priority = body.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        errors.append(InvalidRequest("priority", f"must be an integer, got {_kind(priority)}"))
+    elif not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        errors.append(
+            InvalidRequest(
+                "priority",
+                f"must be between {MIN_PRIORITY} and {MAX_PRIORITY} (higher runs first among"
+                f" your jobs), got {priority}",
+            )
+        )
+
     if errors:
         raise ValidationFailed(errors)
     assert isinstance(raw_text, str)  # every other case appended an error above
-    return Submission(raw_text, max_chunk_chars, reduce, metadata, webhook_url)
+    return Submission(raw_text, max_chunk_chars, reduce, metadata, webhook_url, priority)
 
 
 def _metadata_errors(metadata: Any) -> list[InvalidRequest]:
