@@ -12,6 +12,9 @@ from workerd.worker import Worker
 
 log = logging.getLogger("workerd")
 
+# How often a burst worker with nothing in flight looks whether the queue is drained.
+BURST_POLL_S = 0.1
+
 
 def run(
     worker: Worker,
@@ -49,6 +52,10 @@ def run(
                 if burst and not step.busy and worker.idle():
                     return 0
                 wait = 0.0 if step.claimed else worker.wait_s(grace_deadline)
+                if burst and not worker.busy:
+                    # About to exit: look again soon, not after a poll interval (others may
+                    # still be running chunks that could come back for a retry).
+                    wait = 0.0 if step.busy else min(wait, BURST_POLL_S)
                 db_backoff = 0.0
             except DatabaseDown as exc:
                 db_backoff = min(2.0, max(0.1, db_backoff * 2))
