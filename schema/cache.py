@@ -2,16 +2,18 @@
 instead of another provider call, and pruned by age.
 
 An entry is keyed by (scope, key): ``key`` is the SHA-256 of what decides the result (the
-provider's identity: name, model, prompt, output schema; and the text), made by the worker
-(``workerd.cache``); ``scope`` is the tenant the chunk belongs to, so a tenant only ever
-reads results of its own chunks, unless the operator shares one scope (``SHARED``) among
-all. Entries are written by ``schema.queue.record`` with the success they come from, in
-its transaction: a cached result is one a chunk succeeded with.
+provider's identity: name, model, prompt, output schema; and the text), made by the claim
+in SQL from the worker's ``Lookup``; ``scope`` is the tenant the chunk belongs to, so a
+tenant only ever reads results of its own chunks, unless the operator shares one scope
+(``SHARED``) among all. The claim looks each chunk up as it takes it
+(``schema.queue.claim``); entries are written by ``schema.queue.record`` with the success
+they come from, in its transaction: a cached result is one a chunk succeeded with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -23,21 +25,22 @@ from schema.clock import NOW
 SHARED = "*"
 
 
-def lookup(
-    conn: psycopg.Connection[Any], scopes: Sequence[str], keys: Sequence[bytes]
-) -> dict[tuple[str, bytes], str]:
-    """The cached results (JSON text) of these (scope, key) pairs that have one: a primary
-    key lookup each (a LATERAL subquery, whatever plan the statement gets), in one statement."""
-    if not keys:
-        return {}
-    rows = conn.execute(
-        """SELECT c.scope, c.key, c.result::text
-           FROM unnest(%(scopes)b::text[], %(keys)b::bytea[]) AS i(scope, key)
-           CROSS JOIN LATERAL (SELECT scope, key, result FROM result_cache r
-                               WHERE r.scope = i.scope AND r.key = i.key LIMIT 1) c""",
-        {"scopes": list(scopes), "keys": list(keys)},
-    ).fetchall()
-    return {(scope, bytes(key)): result for scope, key, result in rows}
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """How a claim keys its chunks in the cache: ``prefix`` (the provider's identity and a
+    NUL, as bytes) before each chunk's UTF-8 text makes the SHA-256 key; ``shared``: one
+    scope for every tenant instead of the chunk's own lane."""
+
+    prefix: bytes
+    shared: bool = False
+
+    @classmethod
+    def of(cls, identity: str, *, shared: bool = False) -> Lookup:
+        return cls(identity.encode("utf-8") + b"\0", shared)
+
+    def key(self, text: str) -> bytes:
+        """The key of ``text``, as the claim makes it in SQL (for tests and tools)."""
+        return hashlib.sha256(self.prefix + text.encode("utf-8")).digest()
 
 
 def prune(

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from schema import cache, queue, reads, tenants
+from schema.cache import Lookup
 from schema.chunking import split_text
 from tests.support import CACHED, FAST, assert_invariants, chunk_rows, job_row, run_until_idle
 from workerd.cache import ResultCache
@@ -202,14 +203,33 @@ def test_cache__prune_forgets_entries_older_than_the_age_given(
     assert db.execute("SELECT count(*) FROM result_cache").fetchone() == (0,)
 
 
-def test_cache__the_key_changes_with_the_text_and_the_identity() -> None:
-    chunk = queue.ClaimedChunk(uuid.uuid4(), 0, 1, 0, 5, "hello", lane="t1")
-    on = ResultCache("on", "simulated/1")
-    scope, key = on.scope_and_key(chunk)
-    assert scope == "t1" and len(key) == 32
-    assert on.scope_and_key(replace(chunk, text="hellO"))[1] != key
-    assert ResultCache("on", "other/1").scope_and_key(chunk)[1] != key
-    assert ResultCache("shared", "simulated/1").scope_and_key(chunk) == (cache.SHARED, key)
+def test_cache__the_claim_keys_each_chunk_by_identity_and_text(
+    db: psycopg.Connection[Any],
+) -> None:
+    a = tenants.create_key(db, "a").id
+    job_id = submit(db, owner=a, text="Ünïcödé text, café ☕. " * 6)
+    lookup = Lookup.of("simulated/1")
+    with db.transaction(force_rollback=True):
+        claimed = queue.claim(db, "W", 100, lease_s=30, cache=lookup)
+    assert claimed and all(c.job_id == job_id for c in claimed)
+    # The key the claim makes in SQL is the one Python makes of the same text.
+    assert [c.cache_key for c in claimed] == [lookup.key(c.text) for c in claimed]
+    assert {c.cache_scope for c in claimed} == {a}
+    other = Lookup.of("other/1")
+    with db.transaction(force_rollback=True):
+        keyed = queue.claim(db, "W", 1, lease_s=30, cache=other)
+    assert keyed[0].cache_key == other.key(keyed[0].text) != lookup.key(keyed[0].text)
+    with db.transaction(force_rollback=True):
+        [shared] = queue.claim(db, "W", 1, lease_s=30, cache=Lookup.of("x", shared=True))
+    assert shared.cache_scope == cache.SHARED
+    with db.transaction(force_rollback=True):
+        [off] = queue.claim(db, "W", 1, lease_s=30)
+    assert (off.cache_scope, off.cache_key, off.cached) == (None, None, None)
+
+
+def test_cache__modes() -> None:
+    assert ResultCache("on", "simulated/1").lookup == Lookup.of("simulated/1")
+    assert ResultCache("shared", "x").lookup == Lookup.of("x", shared=True)
     assert not ResultCache("on", None).enabled and not ResultCache("off", "x").enabled
     with pytest.raises(ValueError, match="CHUNKQ_RESULT_CACHE"):
         ResultCache("sometimes", "x")

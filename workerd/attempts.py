@@ -57,14 +57,9 @@ class Attempts:
         """A call with the attempt's deadline, carrying a split chunk's finished pieces."""
         return Call(self.settings.attempt_timeout_s, parts=parts, monotonic=self._monotonic)
 
-    def chunk(
-        self,
-        chunk: ClaimedChunk,
-        call: Call | None = None,
-        cache: tuple[str, bytes] | None = None,
-    ) -> Success | Failure:
+    def chunk(self, chunk: ClaimedChunk, call: Call | None = None) -> Success | Failure:
         """Run the provider on one chunk; never raises: every error becomes a Failure. A
-        success is kept in the result cache under ``cache`` (scope, key), when given."""
+        success is kept in the result cache under the chunk's key (when the cache is on)."""
         call = call or self.new_call(chunk.parts)
         try:
             result = self.provider.analyze(chunk.text, call)
@@ -81,9 +76,9 @@ class Attempts:
                 unavailable=getattr(exc, "unavailable", False),
                 parts=_pieces(call),
             )
-        if cache is None:
-            return Success(chunk, result, encoded)
-        return Success(chunk, result, encoded, cache_scope=cache[0], cache_key=cache[1])
+        return Success(
+            chunk, result, encoded, cache_scope=chunk.cache_scope, cache_key=chunk.cache_key
+        )
 
     def reduce(self, reduction: ClaimedReduction, call: Call | None = None) -> ReduceOutcome:
         """Run the provider's reduce step on a job's ordered analyses; never raises."""

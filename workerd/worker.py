@@ -49,13 +49,12 @@ Clock = Callable[[], datetime | None]
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """What one claim took: up to ``limit`` chunks, those the result cache answered (with
-    every chunk's cache scope and key), and a reduction when the chunks left room."""
+    """What one claim took: up to ``limit`` chunks, those the result cache answered, and a
+    reduction when the chunks left room."""
 
     limit: int = 0
     chunks: list[ClaimedChunk] = field(default_factory=list)
     hits: list[Success] = field(default_factory=list)
-    keys: dict[tuple[uuid.UUID, int], tuple[str, bytes]] = field(default_factory=dict)
     reduction: reductions.ClaimedReduction | None = None
 
 
@@ -210,8 +209,8 @@ class Worker:
             now=self._clock(),
             cap=self.settings.provider_concurrency,
             skip_jobs=self._recorder.held,
+            cache=self._cache.lookup,
         )
-        hits, keys = self._cache.answer(conn, chunks)
         reduction = None
         # Reductions only take capacity the chunks left free: chunks come first.
         if self._reduces and len(chunks) < limit:
@@ -223,7 +222,7 @@ class Worker:
                 now=self._clock(),
                 cap=self.settings.provider_concurrency,
             )
-        return Claimed(limit, chunks, hits, keys, reduction)
+        return Claimed(limit, chunks, self._cache.answered(chunks), reduction)
 
     def _start_claimed(self, step: Step, claimed: Claimed) -> None:
         """Hold what was claimed and start its attempts; the cache's answers are finished
@@ -243,9 +242,7 @@ class Worker:
             if hit is not None:
                 self._recorder.finished.put(hit)
                 continue
-            self._start(
-                functools.partial(self._attempts.chunk, chunk, call, claimed.keys.get(chunk.key))
-            )
+            self._start(functools.partial(self._attempts.chunk, chunk, call))
         if claimed.reduction is not None:
             call = self._attempts.new_call(None)
             self._inflight.add(claimed.reduction, call, probe=probing)

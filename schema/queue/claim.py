@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 
+from schema.cache import SHARED, Lookup
 from schema.queue.outcomes import ClaimedChunk
 from schema.queue.sql import CAP_LOCK_KEY, FENCED, NOTIFY_CHANNEL, NOW, key_columns
 
@@ -19,7 +20,9 @@ from schema.queue.sql import CAP_LOCK_KEY, FENCED, NOTIFY_CHANNEL, NOW, key_colu
 # lane takes an equal share, the remainder going to lanes in a random order, and within a
 # lane chunks come by priority, then turn, so every waiting job of the lane gets its turn.
 # Every part is an index scan that stops after what it takes, whatever the backlog, and
-# locks what it takes with SKIP LOCKED, so concurrent claimers pass each other.
+# locks what it takes with SKIP LOCKED, so concurrent claimers pass each other. With the
+# result cache on, each claimed chunk's key is made here (schema.cache) and its cached
+# result, if any, comes back with it: a primary-key lookup each, no statement of its own.
 _CLAIM = f"""
 WITH RECURSIVE lanes AS (
     (SELECT lane FROM chunks WHERE status = 'pending' AND attempts = 0
@@ -66,8 +69,17 @@ WITH RECURSIVE lanes AS (
                  WHERE id = ANY(ARRAY(SELECT DISTINCT job_id FROM claimed))
                    AND status = 'PENDING' FOR UPDATE SKIP LOCKED)
 )
-SELECT job_id, seq, attempts, start_offset, end_offset, text, parts, lane FROM claimed
-ORDER BY job_id, seq
+SELECT c.job_id, c.seq, c.attempts, c.start_offset, c.end_offset, c.text, c.parts, c.lane,
+       k.scope, k.key, r.result::text
+FROM claimed c
+CROSS JOIN LATERAL (
+    SELECT CASE WHEN %(shared)s THEN '{SHARED}' ELSE c.lane END AS scope,
+           sha256(%(prefix)b::bytea || convert_to(c.text, 'UTF8')) AS key
+) k
+LEFT JOIN LATERAL (
+    SELECT result FROM result_cache WHERE scope = k.scope AND key = k.key LIMIT 1
+) r ON true
+ORDER BY c.job_id, c.seq
 """
 
 
@@ -80,6 +92,7 @@ def claim(
     now: datetime | None = None,
     cap: int | None = None,
     skip_jobs: Iterable[uuid.UUID] = (),
+    cache: Lookup | None = None,
 ) -> list[ClaimedChunk]:
     """Take up to ``limit`` due pending chunks: running, one more attempt, leased to us.
 
@@ -94,6 +107,8 @@ def claim(
     ``cap`` bounds the provider calls running across every worker, chunks and reductions
     (CHUNKQ_PROVIDER_CONCURRENCY); see ``running_calls``. ``skip_jobs`` are jobs whose row
     the caller found held elsewhere: their chunks could not be recorded now either.
+    ``cache``: each chunk comes with its result-cache scope and key, and its cached result
+    when there is one (None: the cache is off).
     """
     if cap is not None:
         limit = min(limit, cap - running_calls(conn))
@@ -107,9 +122,15 @@ def claim(
             "lease": lease_s,
             "now": now,
             "skip": list(skip_jobs),
+            "prefix": None if cache is None else cache.prefix,
+            "shared": cache is not None and cache.shared,
         },
     ).fetchall()
-    return [ClaimedChunk(*row) for row in rows]
+    if cache is None:
+        return [ClaimedChunk(*row[:8]) for row in rows]
+    return [
+        ClaimedChunk(*row[:8], cache_scope=row[8], cache_key=row[9], cached=row[10]) for row in rows
+    ]
 
 
 def running_calls(conn: psycopg.Connection[Any]) -> int:

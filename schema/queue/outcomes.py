@@ -33,8 +33,13 @@ class ClaimedChunk:
     text: str
     # Pieces of a split chunk that earlier attempts finished (None when not split).
     parts: list[dict[str, Any]] | None = None
-    # The lane (tenant) it was claimed in: the scope of its result in the result cache.
+    # The lane (tenant) it was claimed in.
     lane: str = "anonymous"
+    # Where the result cache keeps its result (None: the cache is off), and the cached
+    # result (JSON text) the claim found there, if any (schema.cache).
+    cache_scope: str | None = None
+    cache_key: bytes | None = None
+    cached: str | None = None
 
     @property
     def key(self) -> tuple[uuid.UUID, int]:
