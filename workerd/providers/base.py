@@ -85,10 +85,23 @@ class Call:
         self.deadline = math.inf if timeout_s is None else monotonic() + timeout_s
         self.parts: list[dict[str, Any]] = list(parts or [])
         self.finished: list[dict[str, Any]] = []
-        self.aborted = threading.Event()
         self.abort_reason = ""
+        self._aborted = False
+        # Made on the first wait: most attempts never wait on an abort, and an Event (a
+        # condition and its lock) per attempt costs more than a fast provider's whole call.
+        self._event: threading.Event | None = None
         self._hooks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
+
+    @property
+    def aborted(self) -> threading.Event:
+        """Set once the attempt is aborted: something to wait on."""
+        with self._lock:
+            if self._event is None:
+                self._event = threading.Event()
+                if self._aborted:
+                    self._event.set()
+            return self._event
 
     def remaining(self) -> float:
         """Seconds left before the deadline (``inf`` when there is none)."""
@@ -96,7 +109,7 @@ class Call:
 
     def check(self) -> None:
         """Raise AttemptAborted or AttemptTimeout when the attempt must stop now."""
-        if self.aborted.is_set():
+        if self._aborted:
             raise AttemptAborted(f"attempt aborted: {self.abort_reason}")
         if self.remaining() <= 0:
             raise AttemptTimeout(f"attempt exceeded CHUNKQ_ATTEMPT_TIMEOUT_S={self.timeout_s:g}")
@@ -110,7 +123,9 @@ class Call:
         """Give the attempt up: later ``check``s raise, and every registered hook runs now."""
         with self._lock:
             self.abort_reason = reason
-            self.aborted.set()
+            self._aborted = True
+            if self._event is not None:
+                self._event.set()
             hooks, self._hooks = self._hooks, []
         for hook in hooks:
             with suppress(Exception):  # an abort hook is best effort
@@ -120,7 +135,7 @@ class Call:
     def abortable(self, hook: Callable[[], None]) -> Iterator[None]:
         """Run ``hook`` if the attempt is aborted while the block runs."""
         with self._lock:
-            already = self.aborted.is_set()
+            already = self._aborted
             if not already:
                 self._hooks.append(hook)
         if already:
