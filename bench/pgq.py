@@ -9,13 +9,14 @@ tables, then starts real OS processes (``python -m bench.pgq_consumer``), each r
 ``QueueManager`` with a no-op entrypoint in drain mode, as pgqueuer's own drain benchmark
 (``tools/benchmark.py --strategy drain``) does.
 
-Settings, for throughput, from pgqueuer's benchmark and performance guide: asyncpg, its
-benchmark's default driver (about 1.7x psycopg by its docs, and faster here too), one
-``AsyncpgDriver`` connection per manager (the guide's advice for a QueueManager; a pool
-was no faster here), uvloop (as its benchmark and ``pgq run``), and ``batch_size=100``:
-the guide says to raise it for short jobs, and each dequeue and each completion statement
-then covers up to 100 jobs; here 100 drained fastest and steadiest, 50 and 200 close
-behind, 10 (the default, and the benchmark's) at about half the rate. No
+Settings, from pgqueuer's benchmark and performance guide: asyncpg, its benchmark's default
+driver (about 1.7x psycopg by its docs, and faster here too), one ``AsyncpgDriver``
+connection per manager (the guide's advice for a QueueManager; a pool was no faster here),
+uvloop (as its benchmark and ``pgq run``). Two batch sizes are run: ``batch_size=10``, the
+default and what its own benchmark runs (``tools/benchmark.py``: dequeue batch size 10),
+and ``batch_size=100``, tuned: the guide says to raise it for short jobs, and each dequeue
+and each completion statement then covers up to 100 jobs; 100 drained fastest and
+steadiest here, 50 and 200 close behind, 10 at about half the rate. No
 ``max_concurrent_tasks`` (unlimited, the default); one manager per process (2 to 5 per
 process, as the benchmark runs 5, were no faster on two cores); log aggregation off
 (bench.pgq_consumer).
@@ -54,7 +55,9 @@ from bench.harness import BenchError, Context, wait_until
 from bench.pgq_consumer import ENTRYPOINT
 from tests.processes import stop
 
-BATCH_SIZE = 100
+# pgqueuer's default dequeue batch, which its own benchmark runs; and the tuned one.
+DEFAULT_BATCH = 10
+TUNED_BATCH = 100
 TIMEOUT_S = 300
 # A drain-mode manager exits by itself once the queue is empty, well within this.
 EXIT_S = 30
@@ -85,10 +88,10 @@ async def _install(url: str) -> None:
         await conn.close()
 
 
-def _start(url: str, log: Path) -> subprocess.Popen[bytes]:
+def _start(url: str, log: Path, batch: int) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "bench.pgq_consumer", str(BATCH_SIZE)],
+            [sys.executable, "-m", "bench.pgq_consumer", str(batch)],
             cwd=ROOT,
             env={**os.environ, "DATABASE_URL": url, "PYTHONUNBUFFERED": "1"},
             stdin=subprocess.DEVNULL,
@@ -102,8 +105,8 @@ class Pgqueuer:
 
     def __init__(self, ctx: Context, url: str, conn: psycopg.Connection[Any]) -> None:
         self.ctx, self.url, self.conn = ctx, url, conn
-        # (db rate, wall rate) of each run, in order.
-        self.runs: list[tuple[float, float]] = []
+        # (db rate, wall rate) of each run, in order, by batch size.
+        self.runs: dict[int, list[tuple[float, float]]] = {}
 
     @classmethod
     @contextlib.contextmanager
@@ -157,15 +160,17 @@ class Pgqueuer:
             raise BenchError(f"pgqueuer: no claim-to-completion window ({window})")
         return float(window)
 
-    def rate(self, jobs: int, processes: int = 2) -> float:
-        """Jobs/s of ``processes`` QueueManager processes draining ``jobs`` no-op jobs."""
+    def rate(self, jobs: int, processes: int = 2, batch: int = DEFAULT_BATCH) -> float:
+        """Jobs/s of ``processes`` QueueManager processes, dequeuing ``batch`` at a time,
+        draining ``jobs`` no-op jobs."""
         self._fill(jobs)
-        label = f"pgqueuer-{processes}-{len(self.runs)}"
+        runs = self.runs.setdefault(batch, [])
+        label = f"pgqueuer-{processes}-b{batch}-{len(runs)}"
         consumers: list[subprocess.Popen[bytes]] = []
         t0 = time.monotonic()
         try:
             for i in range(processes):
-                consumers.append(_start(self.url, self.ctx.tmp / f"{label}-{i}.log"))
+                consumers.append(_start(self.url, self.ctx.tmp / f"{label}-{i}.log", batch))
 
             def drained() -> bool:
                 procs.check_exit(consumers, self.ctx.tmp, label)
@@ -188,9 +193,9 @@ class Pgqueuer:
         procs.check_exit(consumers, self.ctx.tmp, label)
         window = self._window(jobs)
         self._fill(0)  # nothing left behind for autovacuum while chunkq runs
-        self.runs.append((jobs / window, jobs / wall))
+        runs.append((jobs / window, jobs / wall))
         self.ctx.say(
-            f"pgqueuer x{processes}: {jobs} jobs, db window {window:.2f}s"
+            f"pgqueuer x{processes} batch {batch}: {jobs} jobs, db window {window:.2f}s"
             f" ({jobs / window:,.0f}/s), wall {wall:.2f}s ({jobs / wall:,.0f}/s)"
         )
         return jobs / window

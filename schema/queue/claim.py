@@ -126,11 +126,9 @@ def claim(
             "shared": cache is not None and cache.shared,
         },
     ).fetchall()
-    if cache is None:
+    if cache is None:  # the key and lookup columns are NULL
         return [ClaimedChunk(*row[:8]) for row in rows]
-    return [
-        ClaimedChunk(*row[:8], cache_scope=row[8], cache_key=row[9], cached=row[10]) for row in rows
-    ]
+    return [ClaimedChunk(*row) for row in rows]
 
 
 def running_calls(conn: psycopg.Connection[Any]) -> int:
