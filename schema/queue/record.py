@@ -18,7 +18,9 @@ from schema.queue.sql import COUNTED_JOBS, FENCED, NOTIFY_CHANNEL, NOW, key_colu
 from schema.states import JobStatus
 
 # A success that did not come from the cache and has a cache key (scope, key) is stored in
-# the result cache in the same statement; an entry someone stored first is kept.
+# the result cache in the same statement; an entry someone stored first is kept. Keys go in
+# key order: two workers storing the same texts at once wait on each other's entries in the
+# same order, never in a cycle.
 _SUCCEED = f"""
 WITH input AS (
     SELECT * FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[], %(attempts)b::int[],
@@ -37,6 +39,7 @@ WITH input AS (
     INSERT INTO result_cache (scope, key, result, provider, created_at)
     SELECT scope, key, result, %(provider)s, {NOW} FROM done
     WHERE NOT cached AND key IS NOT NULL
+    ORDER BY scope, key
     ON CONFLICT (scope, key) DO NOTHING
 ), counts AS (
     SELECT job_id, count(*)::int AS n FROM done GROUP BY job_id
