@@ -34,14 +34,18 @@ submit     gunicorn ``web:create_app()`` (2 workers); POST /v1/analyze of 10 KB,
 huge       A ~30 MB body at just under 100,000 chunks (prose, and prose with combining marks
            on every character): the splitter and POST /v1/analyze against json.loads of the
            body and a raw COPY of the same rows; cancel of a 100,000-chunk job (time, bytes)
-           against a plain UPDATE; its GET with and without chunks against reading the stored
-           analysis_result. --quick: a fifth of the size.
+           against a plain UPDATE; its GET with and without chunks against reading its chunk
+           rows raw. --quick: a fifth of the size.
 latency    Simulated provider at 200 ms, workers started and idle beforehand: 2,000 chunks
            on 2 workers x 32 slots against the ideal 6.25 s; one 100-chunk job on 2 x 16
            slots, submit -> COMPLETED against 0.8 s.
+capped     Three workers of --concurrency 32 against a loopback OpenAI-compatible server at
+           300 ms per reply (tests.mock_openai), CHUNKQ_PROVIDER_CONCURRENCY=16: 200 chunks,
+           wall time against the ideal 3.75 s, and the most requests in flight against 16.
 backlog    schema.queue.claim(limit 64), rolled back, with 1,000,000 finished + 100,000
-           pending chunk rows against 1,000 pending; median per claim, and EXPLAIN
-           (ANALYZE, BUFFERS) of the claim's SELECT with whether it uses chunks_due_idx.
+           pending chunk rows (two tenants, some retries due) against 1,000 pending; median
+           per claim, and EXPLAIN (ANALYZE, BUFFERS) of the whole claim, custom and generic
+           plan: chunks_fair_idx and chunks_retry_idx, no Seq Scan on chunks; buffers touched.
 memory     Peak RSS of ``python -m workerd --concurrency 64`` draining at 50 ms, and of a
            gunicorn worker taking 10 MB texts, against a bare ``python -c "import psycopg,
            flask, sqlalchemy"``.
@@ -49,6 +53,20 @@ api        Two gunicorns on one database, CHUNKQ_AUTH on and off, requests in tu
            and a 10 KB POST with a key against without; a POST replayed by its
            Idempotency-Key against one with a new key; a list page of 100 jobs against 100
            single GETs.
+fairness   Two idle ``python -m workerd --concurrency 16``, simulated provider at 100 ms,
+           result cache off: a 1-chunk job's submit commit -> COMPLETED while a 4,000-chunk
+           job drains (median of 7, once 300 of its chunks are done), against the same with
+           the workers idle (pickup plus one call; target ratio <= 2.5); the big job's rate
+           with the small jobs among it against the same job alone.
+cache      gunicorn (2 workers, auth on, two keys) and 2 workers x 16 slots at 50 ms, result
+           cache on (the default): a 200-chunk document POSTed, then again by the same
+           tenant (submit -> COMPLETED against the first, target <= 0.5x; provider calls,
+           target 0) and by another tenant (cache hits, target 0). Three documents.
+scale      16 ``python -m workerd --concurrency 64`` at 1,000 ms on 10,240 chunks in 64
+           jobs: spawned with --burst onto the backlog (first claim -> last finalization)
+           and started idle beforehand (submit commit -> last finalization), each against
+           the ideal 10 s (target 1.1x); database connections per worker process from
+           pg_stat_activity (target <= 3: 2 + LISTEN).
 
 Each module's docstring says exactly what it measures and how.
 A benchmark module has NAME and ``run(ctx: bench.harness.Context) -> list[Figure]``. The
@@ -87,6 +105,9 @@ MODULES = (
     "backlog",
     "memory",
     "api",
+    "fairness",
+    "cache",
+    "scale",
 )
 
 

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import hashlib
 import itertools
+import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from bench.chaos.settings import LEASE_S, MAX_ATTEMPTS, PROVIDER, TERMINAL
 from bench.chaos.texts import MARKED, MARKER
 from bench.chaos.traffic import Submitted
 from bench.heldlock import HeldLock
+from schema import reads
 from workerd.providers.builtin import count_sentences, count_words
 
 RESET_NOISE = "Exception during reset or similar"
@@ -126,14 +128,16 @@ class Audit:
     def check_job(
         self, conn: psycopg.Connection[Any], http: httpx.Client, job_id: str, job: Submitted
     ) -> list[str]:
-        """Problems of one job: its analysis_result against the submitted text and its chunk
-        rows, and the GET report against the database."""
-        row = conn.execute(
-            "SELECT status, chunks_total, chunks_completed, chunks_failed, analysis_result"
-            " FROM jobs WHERE id = %s",
+        """Problems of one job: its analysis_result (the stored summary with the chunk
+        entries built from the chunk rows, as a report assembles it) against the submitted
+        text and its chunk rows, and the GET report against the database."""
+        found = conn.execute(
+            "SELECT status, chunks_total, chunks_completed, chunks_failed FROM jobs WHERE id = %s",
             (job_id,),
         ).fetchone()
-        assert row is not None
+        assert found is not None
+        analysis = reads.analysis_result(conn, uuid.UUID(job_id))
+        row = (*found, analysis)
         rows = {
             r[0]: r[1:]
             for r in conn.execute(
@@ -141,7 +145,7 @@ class Audit:
                 (job_id,),
             )
         }
-        entries = (row[4] or {}).get("chunks", [])
+        entries = (analysis or {}).get("chunks", [])
         pieces = [job.text[e["start"] : e["end"]] for e in entries]
         problems = []
         if row[1] != job.total or [e["index"] for e in entries] != list(range(job.total)):
@@ -172,7 +176,7 @@ class Audit:
                 problems.append(f"chunk {e['index']} holds {MARKER} yet is {status} ({provider})")
             if status == "failed" and MARKED.search(piece):
                 self.tally.count("  of them holding the marker")
-        problems += summary_problems((row[4] or {}).get("summary", {}), groups)
+        problems += summary_problems((analysis or {}).get("summary", {}), groups)
         body = http.get(f"/v1/analyze/{job_id}").json()
         keys = ("status", "chunks_total", "chunks_completed", "chunks_failed", "analysis_result")
         errors = [

@@ -21,7 +21,8 @@ CREATE SCHEMA chaos;
 CREATE TABLE chaos.chunk_log (id bigserial PRIMARY KEY, job_id uuid, seq int, old_status text,
     new_status text, attempts int, worker_id text, at timestamptz DEFAULT clock_timestamp());
 CREATE TABLE chaos.job_log (id bigserial PRIMARY KEY, job_id uuid, old_status text,
-    new_status text, result_written bool, at timestamptz DEFAULT clock_timestamp());
+    new_status text, result_written bool, reduce_only bool,
+    at timestamptz DEFAULT clock_timestamp());
 CREATE TABLE chaos.broken (id bigserial PRIMARY KEY, job_id uuid, detail text);
 CREATE FUNCTION chaos.log_chunk() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
     INSERT INTO chaos.chunk_log (job_id, seq, old_status, new_status, attempts, worker_id)
@@ -29,8 +30,11 @@ CREATE FUNCTION chaos.log_chunk() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
             coalesce(NEW.worker_id, OLD.worker_id));
     RETURN NULL; END $$;
 CREATE FUNCTION chaos.log_job() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
-    INSERT INTO chaos.job_log (job_id, old_status, new_status, result_written) VALUES (NEW.id,
-        OLD.status, NEW.status, OLD.analysis_result IS DISTINCT FROM NEW.analysis_result);
+    INSERT INTO chaos.job_log (job_id, old_status, new_status, result_written, reduce_only)
+    VALUES (NEW.id, OLD.status, NEW.status,
+            OLD.analysis_result IS DISTINCT FROM NEW.analysis_result,
+            OLD.analysis_result IS NOT NULL
+            AND OLD.analysis_result - 'reduce' IS NOT DISTINCT FROM NEW.analysis_result - 'reduce');
     RETURN NULL; END $$;
 CREATE FUNCTION chaos.check_job() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE jid uuid; r record; BEGIN
@@ -69,6 +73,14 @@ CREATE CONSTRAINT TRIGGER chaos_check AFTER UPDATE ON public.jobs
 _SUCCEEDED = "count(*) FILTER (WHERE c.status = 'succeeded')"
 _FAILED = "count(*) FILTER (WHERE c.status = 'failed')"
 _FINALIZED = "count(l.id) FILTER (WHERE l.new_status = ANY(%(t)s) AND l.old_status <> l.new_status)"
+# Writes of jobs.analysis_result other than a reduce step's (which only sets its "reduce"
+# key, after the job is terminal): the finalize or the cancel, once, in the same UPDATE
+# that made the job terminal.
+_WRITTEN = "count(l.id) FILTER (WHERE l.result_written AND NOT l.reduce_only)"
+_WRITTEN_AT_END = (
+    "count(l.id) FILTER (WHERE l.result_written AND NOT l.reduce_only"
+    " AND l.new_status = ANY(%(t)s) AND l.old_status <> ALL(%(t)s))"
+)
 # What is wrong, and SQL that returns one row per offence, run over the drained database.
 CHECKS = [
     (
@@ -105,10 +117,16 @@ CHECKS = [
            HAVING count(l.id) <> (c.status = 'succeeded')::int""",
     ),
     (
-        "job not finalized exactly once (job, terminal transitions, analysis_result writes)",
-        f"""SELECT j.id, {_FINALIZED}, count(l.id) FILTER (WHERE l.result_written)
+        "job not finalized exactly once (job, terminal transitions, analysis_result writes"
+        " other than a reduce step's, of them in the terminal transition)",
+        f"""SELECT j.id, {_FINALIZED}, {_WRITTEN}, {_WRITTEN_AT_END}
             FROM jobs j LEFT JOIN chaos.job_log l ON l.job_id = j.id GROUP BY j.id
-            HAVING {_FINALIZED} <> 1 OR count(l.id) FILTER (WHERE l.result_written) <> 1""",
+            HAVING {_FINALIZED} <> 1 OR {_WRITTEN} <> 1 OR {_WRITTEN_AT_END} <> 1""",
+    ),
+    (
+        "stored analysis_result holds chunk entries, not only the job's own part (job, keys)",
+        """SELECT id, ARRAY(SELECT jsonb_object_keys(analysis_result)) FROM jobs
+           WHERE jsonb_typeof(analysis_result) <> 'object' OR analysis_result ? 'chunks'""",
     ),
     (
         "a commit left a job breaking an invariant (job, what the commit left)",
