@@ -62,6 +62,9 @@ cache      gunicorn (2 workers, auth on, two keys) and 2 workers x 16 slots at 5
            cache on (the default): a 200-chunk document POSTed, then again by the same
            tenant (submit -> COMPLETED against the first, target <= 0.5x; provider calls,
            target 0) and by another tenant (cache hits, target 0). Three documents.
+pgbouncer  A real PgBouncer in transaction mode in front of the server: 2 workers draining
+           20,000 chunks through it (LISTEN direct) against the same drain direct; pickup
+           median and p99 through it against direct.
 scale      16 ``python -m workerd --concurrency 64`` at 1,000 ms on 10,240 chunks in 64
            jobs: spawned with --burst onto the backlog (first claim -> last finalization)
            and started idle beforehand (submit commit -> last finalization), each against
@@ -108,6 +111,7 @@ MODULES = (
     "fairness",
     "cache",
     "scale",
+    "pgbouncer",
 )
 
 

@@ -23,13 +23,20 @@ from chunkq.exits import EXIT_REJECTED, CommandError
 class Database:
     """The database ``up`` and the one-shot commands use. For the embedded one, ``server`` is
     it, ``share`` this process's hold on it (``EmbeddedPostgres.share``), and ``stop`` says
-    whether closing stops it once no other process holds it."""
+    whether closing stops it once no other process holds it. ``direct_url`` is
+    DATABASE_DIRECT_URL beside DATABASE_URL (which then goes through a transaction pooler)."""
 
     url: str
     label: str
     server: Any = None
     share: IO[str] | None = None
     stop: bool = False
+    direct_url: str | None = None
+
+    @property
+    def migration_url(self) -> str:
+        """Where migrations run: on a direct connection, never through a pooler."""
+        return self.direct_url or self.url
 
 
 def embedded_datadir() -> Path:
@@ -47,7 +54,13 @@ def open_database(*, adopt: bool = False) -> Database:
     """
     url = os.environ.get("DATABASE_URL", "").strip()
     if url:
-        return Database(url, f"DATABASE_URL {_redact(url)}")
+        from schema.db import direct_url
+
+        label = f"DATABASE_URL {_redact(url)}"
+        direct = direct_url()
+        if direct:
+            label += f" (direct: DATABASE_DIRECT_URL {_redact(direct)})"
+        return Database(url, label, direct_url=direct)
     from schema.embedded import EmbeddedPostgres, EmbeddedUnavailable, ensure_embedded
 
     datadir = embedded_datadir()
@@ -122,12 +135,13 @@ def startup_errors() -> tuple[type[Exception], ...]:
     return (EmbeddedServerError, AlembicCommandError, sqlalchemy.exc.SQLAlchemyError, psycopg.Error)
 
 
-def with_database(what: str, action: Callable[[str], str]) -> int:
+def with_database(what: str, action: Callable[[str], str], *, direct: bool = False) -> int:
     """Run ``action(url)`` on DATABASE_URL or the embedded database, print what it says,
-    and turn failures into an exit code (2 for a setup problem, 1 for the action)."""
+    and turn failures into an exit code (2 for a setup problem, 1 for the action).
+    ``direct``: the action needs a direct connection (DATABASE_DIRECT_URL when it is set)."""
 
     def run(db: Database) -> int:
-        print(f"chunkq: {action(db.url)} (database: {db.label})")
+        print(f"chunkq: {action(db.migration_url if direct else db.url)} (database: {db.label})")
         return 0
 
     return on_database(what, run)
@@ -153,13 +167,14 @@ def on_database(what: str, action: Callable[[Database], int]) -> int:
 
 
 def run_migrate() -> int:
-    """``chunkq migrate``: apply migrations to DATABASE_URL, or to the embedded database."""
+    """``chunkq migrate``: apply migrations to DATABASE_URL (on DATABASE_DIRECT_URL when it is
+    set), or to the embedded database."""
 
     def run(url: str) -> str:
         migrate(url)
         return "the database is at the latest migration"
 
-    return with_database("migration", run)
+    return with_database("migration", run, direct=True)
 
 
 def run_prune(older_than_s: float, cache_older_than_s: float) -> int:

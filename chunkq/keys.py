@@ -143,7 +143,7 @@ def _connect(db: Database) -> Iterator[psycopg.Connection[Any]]:
 
     say(f"database: {db.label}")
     if db.server is not None:
-        migrate(db.url)
+        migrate(db.migration_url)
     try:
         with connect(db.url) as conn:
             yield conn

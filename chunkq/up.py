@@ -58,11 +58,13 @@ def run_up(*, workers: int, concurrency: int, port: int, web_workers: int) -> in
     try:
         db = open_database(adopt=True)
         if not sup.signals:
-            migrate(db.url)
+            migrate(db.migration_url)
         if sup.signals:
             return 0
         access = _access(db.url) if auth else None
         sup.env["DATABASE_URL"] = db.url
+        if db.direct_url is None:  # no pooler in front (the embedded server, or no direct URL)
+            sup.env.pop("DATABASE_DIRECT_URL", None)
         gunicorn = Child("gunicorn", gunicorn_argv(listener.fileno(), web_workers))
         sup.spawn(gunicorn)
         for i in range(1, workers + 1):

@@ -37,6 +37,27 @@ def resolve_url(environ: Mapping[str, str] | None = None) -> str:
     return url
 
 
+def direct_url(environ: Mapping[str, str] | None = None) -> str | None:
+    """DATABASE_DIRECT_URL, or None when it is unset.
+
+    When it is set, DATABASE_URL goes through a transaction-pooling PgBouncer, which hands
+    each transaction to whichever server connection is free: connections on DATABASE_URL
+    then keep no session state (``open_connection``), and what needs a session of its own
+    (LISTEN, migrations) connects here instead.
+    """
+    environ = os.environ if environ is None else environ
+    return environ.get("DATABASE_DIRECT_URL", "").strip() or None
+
+
+def migration_url(environ: Mapping[str, str] | None = None) -> str:
+    """Where migrations run: DATABASE_DIRECT_URL when it is set, else DATABASE_URL. A
+    migration's locks and DDL belong on a session of its own, not on server connections a
+    pooler shares with live traffic. DATABASE_URL is required either way
+    (``DatabaseUrlMissing``), as for every other deployed process."""
+    url = resolve_url(environ)
+    return direct_url(environ) or url
+
+
 def libpq_url(url: str) -> str:
     """The URL as libpq/psycopg wants it: ``postgresql://`` with no SQLAlchemy driver suffix."""
     scheme, sep, rest = url.partition("://")
@@ -85,9 +106,16 @@ def session_options(lease_s: float = DEFAULT_LEASE_S, *, statements: bool = True
 
 
 def make_engine(
-    url: str, *, lease_s: float = DEFAULT_LEASE_S, statements: bool = True, **options: Any
+    url: str,
+    *,
+    lease_s: float = DEFAULT_LEASE_S,
+    statements: bool = True,
+    pooled: bool | None = None,
+    **options: Any,
 ) -> Engine:
     """A pooled engine that checks connections before use, surviving a restarted server.
+
+    ``pooled``: whether ``url`` goes through a transaction pooler (see ``open_connection``).
 
     Every wait is bounded, so a request answers 503 within seconds when the database is
     away or hangs: a pooled connection is waited for 3 s at most, its ping 2 s, connecting
@@ -107,7 +135,9 @@ def make_engine(
 
     @event.listens_for(engine, "do_connect")
     def _open(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
-        return open_connection(*cargs, lease_s=lease_s, statements=statements, **cparams)
+        return open_connection(
+            *cargs, lease_s=lease_s, statements=statements, pooled=pooled, **cparams
+        )
 
     # The pool's liveness ping is the one wait the session timeouts cannot bound: a server
     # that hangs (stopped, partitioned) never answers it. Bound it here.
@@ -122,30 +152,41 @@ def make_engine(
 
 
 def connect(
-    url: str, *, lease_s: float = DEFAULT_LEASE_S, **options: Any
+    url: str, *, lease_s: float = DEFAULT_LEASE_S, pooled: bool | None = None, **options: Any
 ) -> psycopg.Connection[Any]:
     """A plain psycopg connection (workerd's hot path and LISTEN use these), with the
-    session timeouts sized to ``lease_s``."""
+    session timeouts sized to ``lease_s``; ``pooled`` as for ``open_connection``."""
     options.setdefault("connect_timeout", 5)
     # Notice a dead peer (failover, cut cable) within ~30 s even on an idle LISTEN socket.
     options.setdefault("keepalives", 1)
     options.setdefault("keepalives_idle", 10)
     options.setdefault("keepalives_interval", 5)
     options.setdefault("keepalives_count", 3)
-    return open_connection(libpq_url(url), lease_s=lease_s, **options)
+    return open_connection(libpq_url(url), lease_s=lease_s, pooled=pooled, **options)
 
 
 def open_connection(
-    *args: Any, lease_s: float = DEFAULT_LEASE_S, statements: bool = True, **kwargs: Any
+    *args: Any,
+    lease_s: float = DEFAULT_LEASE_S,
+    statements: bool = True,
+    pooled: bool | None = None,
+    **kwargs: Any,
 ) -> psycopg.Connection[Any]:
     """``psycopg.connect`` with the session timeouts as a startup parameter.
 
-    A transaction pooler (PgBouncer) carries no session state and refuses the parameter:
-    with ``DATABASE_DIRECT_URL`` set (DATABASE_URL goes through one), or when the server
-    refuses it, the connection is opened without it and ``bound`` applies the same limits
-    to each transaction instead.
+    A transaction pooler (PgBouncer) hands each transaction to whichever server connection
+    is free, so a connection through one keeps no session state: the parameter is not sent
+    (PgBouncer refuses it; ``bound`` applies the same limits to each transaction instead),
+    and psycopg prepares no statement (it would prepare on one server connection and
+    execute on another: ``prepared statement "_pg3_0" does not exist``, or ``already
+    exists`` on a server connection another client prepared it on). ``pooled`` says whether
+    this one goes through a pooler; None: it does when DATABASE_DIRECT_URL is set (the
+    direct connections, LISTEN and migrations, pass False). A server that refuses the
+    parameter is a pooler too.
     """
-    if not os.environ.get("DATABASE_DIRECT_URL", "").strip():
+    if pooled is None:
+        pooled = direct_url() is not None
+    if not pooled:
         try:
             return psycopg.connect(
                 *args, options=session_options(lease_s, statements=statements), **kwargs
@@ -153,6 +194,7 @@ def open_connection(
         except psycopg.OperationalError as exc:
             if "unsupported startup parameter" not in str(exc):
                 raise
+    kwargs["prepare_threshold"] = None
     return psycopg.connect(*args, **kwargs)
 
 

@@ -11,6 +11,9 @@ from flask import Flask
 
 DEFAULTS: dict[str, Any] = {
     "DATABASE_URL": None,
+    # Set: DATABASE_URL goes through a transaction-pooling PgBouncer (schema.db.direct_url);
+    # the API needs no direct connection of its own, only to know that its pool is pooled.
+    "DATABASE_DIRECT_URL": None,
     "PROVIDER": "builtin",
     # A 10 MB text is about 10 MB of JSON; leave room for escapes.
     "MAX_CONTENT_LENGTH": 32 * 1024 * 1024,
@@ -39,6 +42,7 @@ def _flag(value: str) -> bool:
 # Environment variable -> (config key, type).
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DATABASE_URL": ("DATABASE_URL", str),
+    "DATABASE_DIRECT_URL": ("DATABASE_DIRECT_URL", str),
     "CHUNKQ_PROVIDER": ("PROVIDER", str),
     "CHUNKQ_MAX_BODY_BYTES": ("MAX_CONTENT_LENGTH", int),
     "CHUNKQ_MAX_CHUNKS_PER_JOB": ("MAX_CHUNKS_PER_JOB", int),
@@ -68,7 +72,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["DATABASE_URL"] = url
     size = app.config["DB_POOL_SIZE"]
     app.extensions["chunkq.engine"] = make_engine(
-        url, lease_s=app.config["LEASE_S"], pool_size=size, max_overflow=size
+        url,
+        lease_s=app.config["LEASE_S"],
+        pooled=bool(app.config["DATABASE_DIRECT_URL"]),
+        pool_size=size,
+        max_overflow=size,
     )
     app.extensions["chunkq.merge"] = functools.cache(lambda: _merge(app.config["PROVIDER"]))
 

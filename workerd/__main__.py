@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import signal
 import sys
@@ -23,9 +22,10 @@ def _note_signal(signum: int, _frame: FrameType | None) -> None:
 signal.signal(signal.SIGTERM, _note_signal)
 signal.signal(signal.SIGINT, _note_signal)
 
-from schema.db import connect, resolve_url  # noqa: E402
+from schema.db import resolve_url  # noqa: E402
 from schema.errors import DatabaseUrlMissing  # noqa: E402
 from workerd import loop  # noqa: E402
+from workerd.database import connectors  # noqa: E402
 from workerd.listen import listener  # noqa: E402
 from workerd.providers import provider_from_settings  # noqa: E402
 from workerd.settings import Settings  # noqa: E402
@@ -64,12 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     except DatabaseUrlMissing as exc:
         print(f"workerd: {exc}", file=sys.stderr)
         return 2
-    worker = Worker(
-        settings,
-        provider,
-        functools.partial(connect, url, autocommit=True, lease_s=settings.lease_s),
-        concurrency=args.concurrency,
-    )
+    work, listen = connectors(settings, url)
+    worker = Worker(settings, provider, work, concurrency=args.concurrency)
 
     on_signal = stop_on_signals(worker)
     signal.signal(signal.SIGTERM, on_signal)
@@ -82,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.provider,
         args.concurrency,
     )
-    listen = listener(functools.partial(connect, url, autocommit=True, lease_s=settings.lease_s))
-    return loop.run(worker, burst=args.burst, listen=listen)
+    return loop.run(worker, burst=args.burst, listen=listener(listen))
 
 
 if __name__ == "__main__":

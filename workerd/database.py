@@ -3,12 +3,32 @@ after a lost connection, and a lost database reported as DatabaseDown."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
-from schema.db import bound, deadline_s, watchdog
+from schema.db import bound, connect, deadline_s, watchdog
+from workerd.settings import Settings
+
+Connect = Callable[[], psycopg.Connection[Any]]
+
+
+def connectors(settings: Settings, url: str) -> tuple[Connect, Connect]:
+    """The worker's connection factories: (its work, its LISTEN).
+
+    The work (claims, outcomes, heartbeats, webhooks: at most two connections a process)
+    goes to ``url``: through a transaction pooler when DATABASE_DIRECT_URL is set, and
+    then those connections keep nothing between transactions (``schema.db.open_connection``).
+    LISTEN needs a session that stays on one server connection, which a transaction pooler
+    never gives: it goes to DATABASE_DIRECT_URL when that is set.
+    """
+    direct = settings.database_direct_url
+    options: dict[str, Any] = {"autocommit": True, "lease_s": settings.lease_s}
+    work = functools.partial(connect, url, pooled=direct is not None, **options)
+    listen = functools.partial(connect, direct or url, pooled=False, **options)
+    return work, listen
 
 
 class DatabaseDown(Exception):
@@ -18,7 +38,7 @@ class DatabaseDown(Exception):
 class Database:
     """A connection made on first use and remade after it is lost."""
 
-    def __init__(self, connect: Callable[[], psycopg.Connection[Any]], *, lease_s: float) -> None:
+    def __init__(self, connect: Connect, *, lease_s: float) -> None:
         self._connect = connect
         self._lease_s = lease_s
         self._deadline_s = deadline_s(lease_s)

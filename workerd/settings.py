@@ -13,6 +13,9 @@ class Settings:
     """Every knob a worker has; defaults work locally (see the README's environment table)."""
 
     database_url: str | None = None
+    # A direct (unpooled) connection to the same database: when set, database_url goes
+    # through a transaction-pooling PgBouncer, and LISTEN connects here instead.
+    database_direct_url: str | None = None
     provider: str = "builtin"
     max_attempts: int = 3
     backoff_base_s: float = 1.0
@@ -136,6 +139,7 @@ def _flag(var: str, raw: str) -> bool:
 # Settings field -> environment variable.
 ENVIRONMENT = {
     "database_url": "DATABASE_URL",
+    "database_direct_url": "DATABASE_DIRECT_URL",
     "provider": "CHUNKQ_PROVIDER",
     "max_attempts": "CHUNKQ_MAX_ATTEMPTS",
     "backoff_base_s": "CHUNKQ_BACKOFF_BASE_S",
