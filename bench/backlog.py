@@ -4,7 +4,7 @@ Two databases: *large*, 1,000,000 succeeded chunk rows plus 100,000 pending (--q
 100,000 / 10,000), and *small*, 1,000 pending. Both are built with INSERT ... SELECT
 generate_series (jobs of 1,000 chunks, 256-character texts), as schema.queue.enqueue lays
 them out: the pending jobs alternate between two tenants (two lanes) and each chunk has
-its turn (seq / 8); a tenth of the pending chunks are retries waiting out their backoff,
+its turn (seq / FAIR_QUANTUM); a tenth of the pending chunks are retries waiting out their backoff,
 32 of them due now, so a claim of 64 takes 32 due retries and 32 untried chunks from the
 two lanes. Then VACUUM ANALYZE, as autovacuum would. schema.queue.claim (limit 64) runs
 inside a transaction that is rolled back, alternating between the two databases; the

@@ -137,13 +137,15 @@ class Chunk(Base):
         CheckConstraint("start_offset >= 0 AND end_offset > start_offset", name="offsets"),
         CheckConstraint("attempts >= 0", name="attempts"),
         # The fair claim: chunks never tried yet, per lane (tenant), its higher priorities
-        # first, then by turn, so every job of a lane with due work gets a turn each round.
-        # Partial, so it holds only the backlog, not the millions of finished rows.
+        # first, then by turn, so every job of a lane with due work gets a turn each round;
+        # within a turn, jobs that have had fewer turns first (seq / FAIR_QUANTUM, 64 in
+        # schema.queue.sql). Partial, so it holds only the backlog, not the finished rows.
         Index(
             "chunks_fair_idx",
             "lane",
             text("priority DESC"),
             "turn",
+            text("(seq / 64)"),
             "job_id",
             "seq",
             postgresql_where=text("status = 'pending' AND attempts = 0"),

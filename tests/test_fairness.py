@@ -64,18 +64,18 @@ def test_claim__a_small_job_goes_in_the_next_claim_behind_a_big_backlog(
 ) -> None:
     big = enqueue(db, 4000, tag="big")
     for _ in range(3):
-        assert set(per_job(claim(db, 64))) == {big}
+        assert set(per_job(claim(db, 40))) == {big}
     small = enqueue(db, 1, tag="small")
-    claimed = claim(db, 64)
-    assert per_job(claimed)[small] == 1
+    claimed = claim(db, 40)
+    assert claimed[0].job_id == small
     # The big job goes on in order from where it was.
-    assert [c.seq for c in claimed if c.job_id == big] == list(range(192, 192 + 63))
+    assert [c.seq for c in claimed if c.job_id == big] == list(range(120, 120 + 39))
 
 
-def test_claim__jobs_of_a_lane_take_turns_a_few_chunks_at_a_time(
+def test_claim__jobs_of_a_lane_take_turns_a_quantum_at_a_time(
     db: psycopg.Connection[Any],
 ) -> None:
-    jobs = [enqueue(db, 200, tag=f"j{i}") for i in range(3)]
+    jobs = [enqueue(db, 6 * FAIR_QUANTUM, tag=f"j{i}") for i in range(3)]
     seen: dict[uuid.UUID, list[int]] = collections.defaultdict(list)
     for _ in range(5):
         claimed = claim(db, 3 * FAIR_QUANTUM)
@@ -86,15 +86,36 @@ def test_claim__jobs_of_a_lane_take_turns_a_few_chunks_at_a_time(
     assert all(seqs == list(range(5 * FAIR_QUANTUM)) for seqs in seen.values())
 
 
-def test_claim__a_late_job_shares_the_turns_from_now_on_rather_than_jumping_the_queue(
+def test_claim__a_late_job_takes_its_first_turn_first_then_shares_the_turns(
     db: psycopg.Connection[Any],
 ) -> None:
-    early = enqueue(db, 400, tag="early")
-    for _ in range(10):
-        claim(db, 32)
-    late = enqueue(db, 400, tag="late")
+    early = enqueue(db, 8 * FAIR_QUANTUM, tag="early")
+    claim(db, 2 * FAIR_QUANTUM)
+    late = enqueue(db, 8 * FAIR_QUANTUM, tag="late")
+    first = claim(db, FAIR_QUANTUM)
+    assert per_job(first) == {late: FAIR_QUANTUM}
+    # From then on, a turn each: the early job's current one, then one of each per round.
+    assert per_job(claim(db, 3 * FAIR_QUANTUM)) == {
+        early: 2 * FAIR_QUANTUM,
+        late: FAIR_QUANTUM,
+    }
+    assert per_job(claim(db, 4 * FAIR_QUANTUM)) == {
+        early: 2 * FAIR_QUANTUM,
+        late: 2 * FAIR_QUANTUM,
+    }
+
+
+def test_claim__jobs_submitted_together_are_not_served_last_in_first_out(
+    db: psycopg.Connection[Any],
+) -> None:
+    busy = enqueue(db, 8 * FAIR_QUANTUM, tag="busy")
+    claim(db, FAIR_QUANTUM)
+    burst = [enqueue(db, 2 * FAIR_QUANTUM, tag=f"b{i}") for i in range(4)]
+    # One claim as big as their first turns takes exactly those, one turn each, whatever
+    # order they came in; the busy job's current turn comes after them.
     counts = per_job(claim(db, 4 * FAIR_QUANTUM))
-    assert counts == {early: 2 * FAIR_QUANTUM, late: 2 * FAIR_QUANTUM}
+    assert counts == {job: FAIR_QUANTUM for job in burst}
+    assert per_job(claim(db, FAIR_QUANTUM)) == {busy: FAIR_QUANTUM}
 
 
 def test_claim__tenants_share_a_claim_however_many_jobs_each_has(
@@ -153,16 +174,16 @@ def test_claim__due_retries_come_before_untried_chunks_and_waiting_ones_stay(
 
 
 def test_enqueue__a_job_starts_at_its_lane_s_current_turn(db: psycopg.Connection[Any]) -> None:
-    early = enqueue(db, 400, tag="early")
+    early = enqueue(db, 8 * FAIR_QUANTUM, tag="early")
     for _ in range(4):
-        claim(db, 64)
+        claim(db, FAIR_QUANTUM)
     late = enqueue(db, 20, tag="late")
     turns = dict(
         db.execute(
             "SELECT job_id, min(turn) FROM chunks WHERE status = 'pending' GROUP BY job_id"
         ).fetchall()
     )
-    assert turns[late] == turns[early] == 256 // FAIR_QUANTUM
+    assert turns[late] == turns[early] == 4
 
 
 @pytest.mark.slow

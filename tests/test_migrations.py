@@ -104,7 +104,7 @@ SELECT j.id, s, s * 100, (s + 1) * 100, repeat('x', 100),
        CASE WHEN j.status = 'COMPLETED' THEN '{"chars": 100}'::jsonb END,
        CASE WHEN j.status = 'COMPLETED' OR s %% 20 <> 10 THEN now() - interval '1 minute'
             ELSE now() + interval '1 hour' END,
-       j.finished_at, coalesce(j.api_key_id, 'other'), s / 8
+       j.finished_at, coalesce(j.api_key_id, 'other'), s / 64
 FROM jobs j CROSS JOIN generate_series(0, j.chunks_total - 1) s
 """
 

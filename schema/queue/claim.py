@@ -12,13 +12,15 @@ import psycopg
 
 from schema.cache import SHARED, Lookup
 from schema.queue.outcomes import ClaimedChunk
-from schema.queue.sql import CAP_LOCK_KEY, FENCED, NOTIFY_CHANNEL, NOW, key_columns
+from schema.queue.sql import CAP_LOCK_KEY, FAIR_QUANTUM, FENCED, NOTIFY_CHANNEL, NOW, key_columns
 
 # The claim, one statement. Due retries come first (chunks_retry_idx, soonest due first:
 # they have waited already). The rest of the limit is shared among the lanes (tenants) with
 # untried chunks, found by a skip scan of chunks_fair_idx (one index probe per lane): each
 # lane takes an equal share, the remainder going to lanes in a random order, and within a
-# lane chunks come by priority, then turn, so every waiting job of the lane gets its turn.
+# lane chunks come by priority, then turn, so every waiting job of the lane gets its turn;
+# within a turn, the jobs that have had fewer turns first (a job just submitted before one
+# well under way), each job's chunks together and in order.
 # Every part is an index scan that stops after what it takes, whatever the backlog, and
 # locks what it takes with SKIP LOCKED, so concurrent claimers pass each other. With the
 # result cache on, each claimed chunk's key is made here (schema.cache) and its cached
@@ -48,7 +50,7 @@ WITH RECURSIVE lanes AS (
         SELECT ctid FROM chunks
         WHERE lane = s.lane AND status = 'pending' AND attempts = 0
           AND next_attempt_at <= {NOW} AND NOT job_id = ANY(%(skip)s::uuid[])
-        ORDER BY priority DESC, turn, job_id, seq
+        ORDER BY priority DESC, turn, seq / {FAIR_QUANTUM}, job_id, seq
         LIMIT s.free / s.n + CASE WHEN s.i < s.free %% s.n THEN 1 ELSE 0 END
         FOR UPDATE SKIP LOCKED
     ) f

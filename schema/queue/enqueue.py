@@ -14,8 +14,9 @@ from schema.queue.sql import ANONYMOUS_LANE, FAIR_QUANTUM, NOTIFY_CHANNEL, NOW
 
 # Where a new job's round robin starts: the turn its lane (tenant) and priority are at now,
 # that is the earliest turn of their untried chunks (an index lookup, chunks_fair_idx), or 0
-# when there are none. A job that starts there shares every later turn with those already
-# waiting, instead of waiting behind their backlog.
+# when there are none. It shares every later turn with the jobs already waiting, and within
+# a turn goes before those that have had more (see schema.queue.claim): it never waits
+# behind their backlog, and they never wait behind its.
 _START_TURN = """coalesce((SELECT turn FROM chunks
                           WHERE lane = %(lane)s AND priority = %(priority)s
                             AND status = 'pending' AND attempts = 0

@@ -24,9 +24,13 @@ RESCUE_LOCK_KEY = 0x6368756E6B7172
 
 # The lane of jobs with no tenant (CHUNKQ_AUTH=off, or made before tenants existed).
 ANONYMOUS_LANE = "anonymous"
-# Fair share: a job's chunks take turns FAIR_QUANTUM at a time. Smaller interleaves jobs more
-# finely; larger keeps a claim's chunks (and so its counter updates) to fewer job rows.
-FAIR_QUANTUM = 8
+# Fair share: a job's chunks take turns FAIR_QUANTUM at a time, about one claim of a worker
+# at --concurrency 64, so a claim mostly takes one job's turn and its outcomes update one
+# job row: workers recording at once rarely meet on a row. Within a turn, jobs that started
+# later go first (``seq / FAIR_QUANTUM`` is how many turns a job has had), so a new job's
+# first turn comes before the others' current one. chunks_fair_idx holds the same constant
+# (migration 0007): change both together.
+FAIR_QUANTUM = 64
 
 # `now` as a parameter, or the database's clock when the caller passes None.
 NOW = clock.NOW

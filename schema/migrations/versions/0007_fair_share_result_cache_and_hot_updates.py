@@ -61,9 +61,9 @@ def upgrade() -> None:
     op.add_column(
         "chunks", sa.Column("cached", sa.Boolean(), server_default=sa.text("false"), nullable=False)
     )
-    # The backlog takes its tenant's lane; its turns keep each job's order, 8 chunks a turn.
+    # The backlog takes its tenant's lane; its turns keep each job's order, 64 chunks a turn.
     op.execute(
-        """UPDATE chunks c SET lane = coalesce(j.api_key_id, 'anonymous'), turn = c.seq / 8
+        """UPDATE chunks c SET lane = coalesce(j.api_key_id, 'anonymous'), turn = c.seq / 64
            FROM jobs j WHERE c.job_id = j.id AND c.status IN ('pending', 'running')"""
     )
     op.drop_index("chunks_due_idx", table_name="chunks")
@@ -71,7 +71,7 @@ def upgrade() -> None:
     op.create_index(
         "chunks_fair_idx",
         "chunks",
-        ["lane", sa.text("priority DESC"), "turn", "job_id", "seq"],
+        ["lane", sa.text("priority DESC"), "turn", sa.text("(seq / 64)"), "job_id", "seq"],
         postgresql_where=sa.text("status = 'pending' AND attempts = 0"),
     )
     op.create_index(
