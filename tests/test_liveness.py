@@ -199,6 +199,32 @@ def test_pending_job_row_held_at_its_first_claim__it_still_goes_through_processi
     assert made == [(None, "PENDING"), ("PENDING", "PROCESSING"), ("PROCESSING", "COMPLETED")]
 
 
+def test_held_jobs__waits_a_moment_for_a_peer_s_step_but_not_for_a_held_row(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    brief, long = submit(db, "brief", 100), submit(db, "long", 100)
+    with psycopg.connect(database_url) as peer, psycopg.connect(database_url) as holder:
+        holder.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (long,))
+        peer.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (brief,))
+        threading.Timer(0.1, peer.commit).start()  # a step that ends 0.1 s from now
+        with db.transaction():
+            db.execute("SET LOCAL lock_timeout = '4s'")
+            t0 = time.monotonic()
+            held = queue.held_jobs(db, {brief, long}, patience_s=1.0)
+            waited = time.monotonic() - t0
+            # The brief one was waited for and is ours; the long one was given up on after
+            # the patience, not after lock_timeout; lock_timeout is as it was.
+            assert held == {long}
+            assert 0.9 <= waited < 3.0
+            assert db.execute("SHOW lock_timeout").fetchone() == ("4s",)
+        with db.transaction():
+            t0 = time.monotonic()
+            # A row found held last time is not waited for again.
+            assert queue.held_jobs(db, {long}, patience_s=1.0, impatient={long}) == {long}
+            assert time.monotonic() - t0 < 0.5
+        holder.commit()
+
+
 def test_rescue__skips_a_held_job_row_instead_of_waiting_on_it(
     database_url: str, db: psycopg.Connection[Any]
 ) -> None:

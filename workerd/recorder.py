@@ -31,10 +31,10 @@ BATCH_WINDOW_S = 0.005
 # How often outcomes deferred by a job row held elsewhere are tried again (one statement
 # that skips the rows still held: cheap enough to ask often).
 DEFERRED_RETRY_S = 0.05
-# How long a record retries a job row another worker's step holds (two workers finishing
+# How long a record waits for a job row another worker's step holds (two workers finishing
 # chunks of one job) before deferring its outcomes; rows found held last time are not
-# retried (see schema.queue.held_jobs).
-HELD_PATIENCE_S = 0.005
+# waited for (see schema.queue.held_jobs).
+HELD_PATIENCE_S = 0.05
 
 
 class Recorder:

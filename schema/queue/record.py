@@ -4,7 +4,6 @@ fenced on the lease, batched, and finalizing the jobs whose last chunk this was.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Collection, Sequence
 from datetime import datetime
@@ -130,7 +129,7 @@ def record(
     sees completed + failed = total is the only one that can.
 
     A job row held by another transaction (a paused peer, an operator's open session) is
-    skipped, not waited on (beyond ``patience_s`` of retries, see ``held_jobs``): its
+    skipped, not waited on (beyond ``patience_s``, see ``held_jobs``): its
     outcomes come back in ``deferred`` and the rest of the batch is written, so one held
     row never stops the other jobs from finishing. A deferred
     chunk stays running (leased to us) with ``finished_at`` set: its provider call is over,
@@ -222,34 +221,35 @@ def held_jobs(
     patience_s: float = 0.0,
     impatient: Collection[uuid.UUID] = (),
 ) -> set[uuid.UUID]:
-    """Lock these job rows (id order, SKIP LOCKED); returns the ids another transaction
-    holds. A job that no longer exists is not held: its fenced writes simply match nothing.
+    """Lock these job rows (id order); returns the ids another transaction holds. A job that
+    no longer exists is not held: its fenced writes simply match nothing.
 
-    A row held by a peer's short transaction (two workers recording chunks of one job) is
-    usually free a millisecond later, so for up to ``patience_s`` the rest are tried again,
-    never waited on (SKIP LOCKED: no lock wait, no deadlock); jobs in ``impatient`` (found
-    held last time: a paused peer, an operator's open session) are not waited for.
+    A row held by a peer's step (two workers recording chunks of one job) is free a few
+    milliseconds later, so each row is waited for up to ``patience_s`` (the function
+    chunkq_lock_jobs, migration 0007), then what is still held is skipped (SKIP LOCKED).
+    When a row in ``impatient`` is among them (found held last time: a paused peer, an
+    operator's open session), none is waited for.
     """
     if not job_ids:
         return set()
-    missing = sorted(job_ids)
-    deadline = time.monotonic() + patience_s
-    pause = 0.0005
-    while True:
+    ids = sorted(job_ids)
+    if patience_s > 0 and not any(i in impatient for i in ids):
+        row = conn.execute(
+            "SELECT chunkq_lock_jobs(%(ids)s, %(ms)s)",
+            {"ids": ids, "ms": max(1, round(patience_s * 1000))},
+        ).fetchone()
+        locked = set(row[0]) if row else set()
+    else:
         locked = {
             row[0]
             for row in conn.execute(
                 "SELECT id FROM jobs WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE SKIP LOCKED",
-                {"ids": missing},
+                {"ids": ids},
             )
         }
-        missing = [i for i in missing if i not in locked]
-        if not missing:
-            return set()
-        if any(i in impatient for i in missing) or time.monotonic() + pause > deadline:
-            break
-        time.sleep(pause)
-        pause *= 2
+    missing = [i for i in ids if i not in locked]
+    if not missing:
+        return set()
     # A plain read never waits on a row lock: what exists among the rest is held elsewhere.
     return {
         row[0]

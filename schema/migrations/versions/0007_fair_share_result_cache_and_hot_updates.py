@@ -30,6 +30,30 @@ CREATE TRIGGER chunks_keep_job BEFORE UPDATE OF job_id ON chunks FOR EACH ROW
     WHEN (OLD.job_id IS DISTINCT FROM NEW.job_id) EXECUTE FUNCTION chunkq_chunks_keep_job();
 """
 
+# Lock a batch's job rows, waiting for each at most ``patience_ms`` (a peer's step holds it
+# for milliseconds; waiting in the lock manager wakes the moment it is released, where
+# retrying would overshoot), then take what is free without waiting (SKIP LOCKED): a row held
+# longer (a paused process, an operator's session) is left to the caller to defer. Rows in
+# id order, so two callers never wait on each other in a cycle. The exception block is a
+# subtransaction: a timeout releases what it locked and restores lock_timeout.
+LOCK_JOBS = """
+CREATE FUNCTION chunkq_lock_jobs(ids uuid[], patience_ms integer) RETURNS uuid[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    saved text := current_setting('lock_timeout');
+    got uuid[];
+BEGIN
+    BEGIN
+        PERFORM set_config('lock_timeout', patience_ms || 'ms', true);
+        got := ARRAY(SELECT id FROM jobs WHERE id = ANY(ids) ORDER BY id FOR UPDATE);
+        PERFORM set_config('lock_timeout', saved, true);
+    EXCEPTION WHEN lock_not_available THEN
+        got := ARRAY(SELECT id FROM jobs WHERE id = ANY(ids) ORDER BY id FOR UPDATE SKIP LOCKED);
+    END;
+    RETURN got;
+END $$;
+"""
+
 UNDO_TRIGGERS = """
 DROP TRIGGER chunks_keep_job ON chunks;
 DROP FUNCTION chunkq_chunks_keep_job();
@@ -91,6 +115,7 @@ def upgrade() -> None:
         " autovacuum_vacuum_insert_scale_factor = 0.01, autovacuum_vacuum_cost_delay = 0)"
     )
     op.execute(TRIGGERS)
+    op.execute(LOCK_JOBS)
 
     op.create_table(
         "result_cache",
@@ -111,6 +136,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("result_cache")
+    op.execute("DROP FUNCTION chunkq_lock_jobs(uuid[], integer)")
     op.execute(UNDO_TRIGGERS)
     op.execute(f"ALTER TABLE chunks RESET ({', '.join(STORAGE)})")
     op.drop_index("chunks_running_idx", table_name="chunks")
