@@ -65,6 +65,10 @@ cache      gunicorn (2 workers, auth on, two keys) and 2 workers x 16 slots at 5
 pgbouncer  A real PgBouncer in transaction mode in front of the server: 2 workers draining
            20,000 chunks through it (LISTEN direct) against the same drain direct; pickup
            median and p99 through it against direct.
+footprint  What one chunk costs the database, for sizing a server: WAL per chunk (submit
+           against a raw COPY of the same rows; the rest of its life with the result cache on
+           against off), the server CPU per chunk of one worker draining 20,000, and the
+           heap and index bytes a finished chunk keeps.
 scale      16 ``python -m workerd --concurrency 64`` at 1,000 ms on 10,240 chunks in 64
            jobs: spawned with --burst onto the backlog (first claim -> last finalization)
            and started idle beforehand (submit commit -> last finalization), each against
@@ -112,6 +116,7 @@ MODULES = (
     "cache",
     "scale",
     "pgbouncer",
+    "footprint",
 )
 
 
