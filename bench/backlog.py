@@ -21,7 +21,7 @@ printed after the table.
 from __future__ import annotations
 
 import time
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 
@@ -107,33 +107,11 @@ def _build(conn: psycopg.Connection[Any], finished: int, pending: int) -> None:
     conn.execute("VACUUM ANALYZE chunks")
 
 
-class _Recorder:
-    """Stands in for a connection and keeps what is sent to it, so the claim's statement
-    and parameters are EXPLAINed exactly as schema.queue.claim sends them."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, Any]] = []
-
-    def execute(self, query: str, params: Any = None) -> _Recorder:
-        self.sent.append((query, params))
-        return self
-
-    def fetchall(self) -> list[Any]:
-        return []
-
-
-def _claim_statement() -> tuple[str, Any]:
-    """The claim as a worker sends it (the database's clock, no skips)."""
-    recorder = _Recorder()
-    queue.claim(cast(Any, recorder), "bench-backlog", LIMIT, lease_s=30)
-    [(query, params)] = recorder.sent
-    return query, params
-
-
 def _explain(conn: psycopg.Connection[Any], *, generic: bool, fmt: str) -> Any:
     """EXPLAIN (ANALYZE, BUFFERS) of the whole claim, executed and rolled back, with a
     custom plan or a generic one (``plan_cache_mode``)."""
-    query, params = _claim_statement()
+    # The claim as a worker sends it (the database's clock, no skips).
+    query, params = queue.claim_statement("bench-backlog", LIMIT, lease_s=30)
     mode = "force_generic_plan" if generic else "force_custom_plan"
     with conn.transaction(force_rollback=True):
         conn.execute(f"SET LOCAL plan_cache_mode = {mode}")

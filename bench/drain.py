@@ -35,10 +35,19 @@ CONCURRENCY = 64
 PGQ_WORKERS = 2
 
 
-def _run_once(
-    ctx: Context, url: str, conn: psycopg.Connection[Any], layout: str, count: int
+def drain_once(
+    ctx: Context,
+    url: str,
+    conn: psycopg.Connection[Any],
+    label: str,
+    count: int,
+    *,
+    layout: str = "spread",
+    **env: str,
 ) -> tuple[float, float]:
-    """Enqueue, drain with ``count`` workers; returns (db chunks/s, wall chunks/s)."""
+    """Enqueue the backlog (``layout``: spread over jobs, or one job) and drain it with
+    ``count`` burst workers on ``url`` (``env`` for their environment); returns (db
+    chunks/s, wall chunks/s)."""
     sizes = ctx.sizes
     n = sizes.drain_chunks
     workload.reset(conn)
@@ -47,11 +56,9 @@ def _run_once(
     else:
         workload.enqueue_one_big_job(conn, n, sizes.per_job)
     workload.vacuum_analyze(conn, "jobs", "chunks")
-    label = f"drain-{layout}-{count}"
+    args = ("--burst", "--concurrency", str(CONCURRENCY))
     t0 = time.monotonic()
-    with procs.workers(
-        url, ctx.tmp, label, count, "--burst", "--concurrency", str(CONCURRENCY)
-    ) as workers:
+    with procs.workers(url, ctx.tmp, label, count, *args, **env) as workers:
 
         def finished() -> bool:
             procs.check_exit(workers, ctx.tmp, label)
@@ -97,7 +104,9 @@ def run(ctx: Context) -> list[Figure]:
                     for batch in (pgq.DEFAULT_BATCH, pgq.TUNED_BATCH):
                         pgqueuer.rate(sizes.drain_chunks, PGQ_WORKERS, batch)
                 for layout in ("spread", "one-job"):
-                    db_rate, wall_rate = _run_once(ctx, url, conn, layout, count)
+                    db_rate, wall_rate = drain_once(
+                        ctx, url, conn, f"drain-{layout}-{count}", count, layout=layout
+                    )
                     best = rates.get((layout, count), (0.0, 0.0))
                     rates[layout, count] = (max(best[0], db_rate), max(best[1], wall_rate))
                     tries.setdefault((layout, count), []).append(round(db_rate))

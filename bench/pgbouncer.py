@@ -33,7 +33,7 @@ from typing import Any
 
 import psycopg
 
-from bench import procs, workload
+from bench import drain, procs, workload
 from bench.figures import Figure, median, percentile
 from bench.harness import BenchError, Context, wait_until
 from schema import queue
@@ -80,37 +80,12 @@ def _check_logs(ctx: Context, label: str, count: int) -> None:
 def _drain(
     ctx: Context, conn: psycopg.Connection[Any], name: str, route: Route
 ) -> tuple[float, float]:
-    """Enqueue the backlog, drain it with WORKERS burst workers; (db chunks/s, wall)."""
-    sizes = ctx.sizes
-    n = sizes.drain_chunks
-    workload.reset(conn)
-    workload.enqueue_jobs(conn, n // sizes.per_job, sizes.per_job)
-    workload.vacuum_analyze(conn, "jobs", "chunks")
+    """The drain benchmark's backlog drained by WORKERS burst workers on ``route``; (db
+    chunks/s, wall chunks/s). A worker log naming an error fails the run."""
     label = f"pgbouncer-drain-{name}"
-    args = ("--burst", "--concurrency", str(CONCURRENCY))
-    t0 = time.monotonic()
-    with procs.workers(route.url, ctx.tmp, label, WORKERS, *args, **route.env) as workers:
-
-        def finished() -> bool:
-            procs.check_exit(workers, ctx.tmp, label)
-            if all(w.poll() is not None for w in workers) and workload.unfinished_jobs(conn):
-                raise BenchError(f"{label}: workers exited with jobs unfinished")
-            return workload.unfinished_jobs(conn) == 0
-
-        wait_until(finished, 600, f"{label} to finish", interval=0.02)
-        wall = time.monotonic() - t0
-        for w in workers:
-            w.wait(60)
-        procs.check_exit(workers, ctx.tmp, label)
+    rates = drain.drain_once(ctx, route.url, conn, label, WORKERS, **route.env)
     _check_logs(ctx, label, WORKERS)
-    window, completed, chunks = workload.drain_window(conn)
-    if chunks != n or completed != n // sizes.per_job:
-        raise BenchError(f"{label}: {chunks} of {n} chunks, {completed} jobs completed")
-    ctx.say(
-        f"{label}: {n} chunks, db window {window:.2f}s ({n / window:,.0f}/s),"
-        f" wall {wall:.2f}s ({n / wall:,.0f}/s)"
-    )
-    return n / window, n / wall
+    return rates
 
 
 def _pickups(ctx: Context, conn: psycopg.Connection[Any], name: str, route: Route) -> list[float]:

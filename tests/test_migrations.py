@@ -4,7 +4,7 @@ claim's index doing its job."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 import pytest
@@ -109,28 +109,11 @@ FROM jobs j CROSS JOIN generate_series(0, j.chunks_total - 1) s
 """
 
 
-class _Recorder:
-    """Stands in for a connection and keeps what is sent to it, so the test can EXPLAIN the
-    claim's statement and parameters exactly as schema.queue.claim sends them."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, Any]] = []
-
-    def execute(self, query: str, params: Any = None) -> _Recorder:
-        self.sent.append((query, params))
-        return self
-
-    def fetchall(self) -> list[Any]:
-        return []
-
-
 def _claim_plan(conn: psycopg.Connection[Any], *, generic: bool) -> dict[str, Any]:
     """The claim's plan as a worker runs it (the database's clock, no skips), executed and
     rolled back: EXPLAIN (ANALYZE, BUFFERS). ``generic``: the plan a prepared statement gets
     once the server stops planning it for each call's parameters."""
-    recorder = _Recorder()
-    queue.claim(cast(Any, recorder), "worker", 64, lease_s=30)
-    [(query, params)] = recorder.sent
+    query, params = queue.claim_statement("worker", 64, lease_s=30)
     mode = "force_generic_plan" if generic else "force_custom_plan"
     with conn.transaction(force_rollback=True):
         conn.execute(f"SET LOCAL plan_cache_mode = {mode}")

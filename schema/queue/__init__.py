@@ -20,6 +20,7 @@ from schema.queue.cancel import cancel
 from schema.queue.claim import (
     _CLAIM,
     claim,
+    claim_statement,
     drained,
     heartbeat,
     release,
@@ -71,6 +72,7 @@ __all__ = [
     "Summarize",
     "cancel",
     "claim",
+    "claim_statement",
     "drained",
     "enqueue",
     "finalize",

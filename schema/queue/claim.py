@@ -117,20 +117,35 @@ def claim(
     if limit <= 0:
         return []
     rows = conn.execute(
-        _CLAIM,
-        {
-            "limit": limit,
-            "me": worker_id,
-            "lease": lease_s,
-            "now": now,
-            "skip": list(skip_jobs),
-            "prefix": None if cache is None else cache.prefix,
-            "shared": cache is not None and cache.shared,
-        },
+        *claim_statement(
+            worker_id, limit, lease_s=lease_s, now=now, skip_jobs=skip_jobs, cache=cache
+        )
     ).fetchall()
     if cache is None:  # the key and lookup columns are NULL
         return [ClaimedChunk(*row[:8]) for row in rows]
     return [ClaimedChunk(*row) for row in rows]
+
+
+def claim_statement(
+    worker_id: str,
+    limit: int,
+    *,
+    lease_s: float,
+    now: datetime | None = None,
+    skip_jobs: Iterable[uuid.UUID] = (),
+    cache: Lookup | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The claim's statement and parameters as ``claim`` sends them (what a test or a
+    benchmark EXPLAINs)."""
+    return _CLAIM, {
+        "limit": limit,
+        "me": worker_id,
+        "lease": lease_s,
+        "now": now,
+        "skip": list(skip_jobs),
+        "prefix": None if cache is None else cache.prefix,
+        "shared": cache is not None and cache.shared,
+    }
 
 
 def running_calls(conn: psycopg.Connection[Any]) -> int:
