@@ -202,15 +202,20 @@ def bound(
     conn: psycopg.Connection[Any], lease_s: float = DEFAULT_LEASE_S, *, statements: bool = True
 ) -> None:
     """Apply the session timeouts to the current transaction of a connection opened without
-    them (through a transaction pooler); a no-op on the others (libpq's own record of the
-    startup options: no round trip, no parsing of the connection string)."""
-    if b"statement_timeout" in (conn.pgconn.options or b""):
+    them (through a transaction pooler); a no-op on the others."""
+    if has_timeouts(conn):
         return
     limits = session_timeouts(lease_s, statements=statements)
     conn.execute(
         "SELECT " + ", ".join(f"set_config('{name}', %s, true)" for name in limits),
         list(limits.values()),
     )
+
+
+def has_timeouts(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the connection carries the session timeouts itself, as its startup parameter
+    (libpq's own record of it: no round trip, no parsing of the connection string)."""
+    return b"statement_timeout" in (conn.pgconn.options or b"")
 
 
 # How long the pool's ping may wait for an answer before the connection is given up.

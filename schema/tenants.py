@@ -35,6 +35,11 @@ class Tenant:
     max_jobs_in_flight: int | None = None
     max_queued_chunks: int | None = None
 
+    @property
+    def limited(self) -> bool:
+        """Whether a new job must be checked against limits (``admit``)."""
+        return self.max_jobs_in_flight is not None or self.max_queued_chunks is not None
+
 
 @dataclass(frozen=True, slots=True)
 class NewKey:
@@ -159,7 +164,7 @@ def admit(conn: psycopg.Connection[Any], tenant: Tenant, chunks: int) -> None:
     """Refuse (LimitExceeded) a new job of ``chunks`` chunks that would take ``tenant`` past
     its limits. Call it in the transaction that writes the job: the tenant's row is locked
     until commit, so two submissions at once cannot both squeeze under a limit."""
-    if tenant.max_jobs_in_flight is None and tenant.max_queued_chunks is None:
+    if not tenant.limited:
         return
     conn.execute("SELECT 1 FROM api_keys WHERE id = %s FOR UPDATE", (tenant.id,))
     jobs, queued = conn.execute(

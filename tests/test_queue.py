@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ import psycopg
 import pytest
 
 from schema import queue
+from schema.chunking import split_text
 from schema.errors import JobConflict, JobNotFound
 from schema.queue import Failure, Success
 from tests.support import assert_invariants, chunk_rows, job_row, submit
@@ -25,6 +27,9 @@ merge = queue.merge_with(summarize)
 
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+# The module (``schema.queue.enqueue`` is the function), for its size bounds.
+enqueuing = importlib.import_module("schema.queue.enqueue")
 
 
 def at(seconds: float) -> dt.datetime:
@@ -263,3 +268,64 @@ def test_integrity__a_chunk_must_name_a_job_and_deleting_a_job_deletes_its_chunk
         "SELECT (SELECT count(*) FROM chunks), (SELECT count(*) FROM chunk_attempts)"
     ).fetchone()
     assert left == (0, 0)
+
+
+def _written(db: psycopg.Connection[Any], job_id: uuid.UUID) -> list[tuple[Any, ...]]:
+    """The job's row and its chunk rows, as enqueue wrote them."""
+    job = db.execute(
+        """SELECT status, chunks_total, max_chunk_chars, text_chars, options, api_key_id,
+                  metadata, webhook_url, priority, created_at, updated_at
+           FROM jobs WHERE id = %s""",
+        (job_id,),
+    ).fetchall()
+    chunks = db.execute(
+        """SELECT seq, start_offset, end_offset, text, status, attempts, lane, priority, turn,
+                  next_attempt_at
+           FROM chunks WHERE job_id = %s ORDER BY seq""",
+        (job_id,),
+    ).fetchall()
+    return job + chunks
+
+
+@pytest.mark.parametrize("now", [at(0), None])
+def test_enqueue__one_statement_and_copy_write_the_same_rows(
+    db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch, now: dt.datetime | None
+) -> None:
+    text = "Première phrase, assez longue. Deuxième phrase ici.\n\nUn paragraphe. " * 4
+    spans = split_text(text, 30)
+    assert 1 < len(spans) <= enqueuing.ONE_STATEMENT_CHUNKS
+    written = []
+    for one_statement in (True, False):
+        if not one_statement:
+            monkeypatch.setattr(enqueuing, "ONE_STATEMENT_CHUNKS", 0)
+        job_id = uuid.uuid4()
+        with db.transaction():
+            queue.enqueue(
+                db, job_id, text, spans, max_chunk_chars=30, owner="anonymous",
+                metadata={"doc": "d"}, priority=3, now=now,
+            )  # fmt: skip
+        written.append(_written(db, job_id))
+    if now is None:  # the clock of each job's own transaction: compare each job with itself
+        for rows in written:
+            created = rows[0][-2]
+            assert {row[-1] for row in rows[1:]} == {created}
+        written = [[row[:-1] for row in rows[1:]] for rows in written]
+    assert written[0] == written[1]
+    assert [(row[1], row[2]) for row in written[0][-len(spans) :]] == spans
+
+
+def test_enqueue__on_an_autocommit_connection_a_job_is_all_or_nothing(
+    db: psycopg.Connection[Any],
+) -> None:
+    # A NUL is refused by the server only once the job row is in: in the one statement, or
+    # in the COPY after the row. Either way nothing is left, and the connection goes on.
+    assert db.autocommit
+    for chunks in (2, enqueuing.ONE_STATEMENT_CHUNKS + 1):
+        text = "word. " * (chunks - 1) + "nul\x00."
+        spans = split_text(text, 6)
+        assert len(spans) == chunks
+        with pytest.raises(psycopg.DataError):
+            queue.enqueue(db, uuid.uuid4(), text, spans, max_chunk_chars=6)
+        assert db.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert db.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM chunks").fetchone() == (0,)

@@ -75,6 +75,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         url,
         lease_s=app.config["LEASE_S"],
         pooled=bool(app.config["DATABASE_DIRECT_URL"]),
+        # Requests open a transaction where they need one (web.database).
+        isolation_level="AUTOCOMMIT",
         pool_size=size,
         max_overflow=size,
     )

@@ -64,7 +64,10 @@ def submit() -> tuple[dict[str, Any], int, dict[str, str]]:
         "priority": sub.priority,
         "status_url": f"/v1/analyze/{job_id}",
     }
-    with connection(write=True) as conn:
+    # With no key to claim and no limit to check, the job is the request's one write: one
+    # statement for all but big jobs (queue.enqueue), committed by itself.
+    alone = key is None and not tenant.limited
+    with connection(write=True, alone=alone) as conn:
         # First the key: a concurrent request with the same key waits here for this one.
         earlier = key and idempotency.claim(conn, tenant.id, key, sub.fingerprint(), job_id, body)
         if earlier:

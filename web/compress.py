@@ -33,12 +33,13 @@ def compress(req: Request, response: Response) -> Response:
     """``response`` gzipped if it is worth it and ``req`` accepts it; else as it was."""
     if not _eligible(response):
         return response
+    # A body this small goes out as it is to every client: it depends on no request header.
+    body = response.get_data()
+    if len(body) < MIN_BYTES:
+        return response
     # The answer depends on Accept-Encoding from here on, whatever this client sent.
     response.vary.add("Accept-Encoding")
     if req.method == "HEAD" or req.accept_encodings["gzip"] <= 0:
-        return response
-    body = response.get_data()
-    if len(body) < MIN_BYTES:
         return response
     response.set_data(gzip.compress(body, compresslevel=LEVEL, mtime=0))
     response.headers["Content-Encoding"] = "gzip"
