@@ -182,8 +182,11 @@ class Worker:
         except Exception:
             if not batch:
                 raise
-            # One bad outcome must not hold the others, nor the claim: each on its own.
+            # One bad outcome must not hold the others, nor the claim: each on its own,
+            # settled before the claim runs alone (which may fail in turn).
             written = self._recorder.recover(batch, probes)
+            self._recorder.settle(step, batch, written, self._inflight.forget)
+            batch = []
             claimed = self._transaction(lambda conn: self._claim(conn, free))
         if batch:
             self._recorder.settle(step, batch, written, self._inflight.forget)
