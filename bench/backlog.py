@@ -28,6 +28,7 @@ import psycopg
 from bench.figures import Figure, median
 from bench.harness import Context
 from schema import queue, tenants
+from tests.support import explain_claim, plan_nodes
 
 NAME = "backlog"
 LIMIT = 64
@@ -107,33 +108,10 @@ def _build(conn: psycopg.Connection[Any], finished: int, pending: int) -> None:
     conn.execute("VACUUM ANALYZE chunks")
 
 
-def _explain(conn: psycopg.Connection[Any], *, generic: bool, fmt: str) -> Any:
-    """EXPLAIN (ANALYZE, BUFFERS) of the whole claim, executed and rolled back, with a
-    custom plan or a generic one (``plan_cache_mode``)."""
-    # The claim as a worker sends it (the database's clock, no skips).
-    query, params = queue.claim_statement("bench-backlog", LIMIT, lease_s=30)
-    mode = "force_generic_plan" if generic else "force_custom_plan"
-    with conn.transaction(force_rollback=True):
-        conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
-        rows = conn.execute(
-            f"EXPLAIN (ANALYZE, BUFFERS, FORMAT {fmt}) {query}", params, prepare=True
-        ).fetchall()
-    return rows[0][0] if fmt == "JSON" else "\n".join(row[0] for row in rows)
-
-
-def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    nodes, todo = [], [plan["Plan"]]
-    while todo:
-        node = todo.pop()
-        nodes.append(node)
-        todo.extend(node.get("Plans", []))
-    return nodes
-
-
 def _check(plan: dict[str, Any]) -> tuple[bool, str, int, int]:
     """(uses both indexes and no Seq Scan on chunks, what scans chunks, rows claimed,
     buffers touched)."""
-    nodes = _nodes(plan)
+    nodes = plan_nodes(plan)
     on_chunks = [
         (n["Node Type"], n.get("Index Name"))
         for n in nodes
@@ -186,8 +164,8 @@ def run(ctx: Context) -> list[Figure]:
         for key, conn in conns.items():
             for plan in ("custom", "generic"):
                 generic = plan == "generic"
-                checks[key, plan] = _check(_explain(conn, generic=generic, fmt="JSON")[0])
-                text = _explain(conn, generic=generic, fmt="TEXT")
+                checks[key, plan] = _check(explain_claim(conn, LIMIT, generic=generic))
+                text = explain_claim(conn, LIMIT, generic=generic, fmt="TEXT")
                 ctx.evidence[f"backlog: EXPLAIN claim, {plan} plan, {key}"] = text
                 if key == "large":
                     ctx.details[f"backlog: EXPLAIN (ANALYZE, BUFFERS) claim, {plan} plan"] = text

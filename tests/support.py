@@ -178,3 +178,30 @@ def moves(
         "SELECT job_id, seq, old_status, new_status FROM audit.moves WHERE tbl = %s ORDER BY id",
         (table,),
     ).fetchall()
+
+
+def explain_claim(
+    conn: psycopg.Connection[Any], limit: int, *, generic: bool, fmt: str = "JSON"
+) -> Any:
+    """EXPLAIN (ANALYZE, BUFFERS) of the claim as a worker sends it (the database's clock,
+    no skips), executed and rolled back, with a custom plan or the generic one a prepared
+    statement gets once the server stops planning it per call: the plan as JSON, or the
+    text lines joined."""
+    query, params = queue.claim_statement("explained", limit, lease_s=30)
+    mode = "force_generic_plan" if generic else "force_custom_plan"
+    with conn.transaction(force_rollback=True):
+        conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
+        rows = conn.execute(
+            f"EXPLAIN (ANALYZE, BUFFERS, FORMAT {fmt}) {query}", params, prepare=True
+        ).fetchall()
+    return rows[0][0][0] if fmt == "JSON" else "\n".join(row[0] for row in rows)
+
+
+def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan."""
+    nodes, todo = [], [plan["Plan"]]
+    while todo:
+        node = todo.pop()
+        nodes.append(node)
+        todo.extend(node.get("Plans", []))
+    return nodes
