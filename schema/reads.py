@@ -26,7 +26,7 @@ _TOKENS = """sum(CASE WHEN status = 'succeeded' AND NOT cached
 # The report's chunk entries, in order: a succeeded chunk's result (and whether it came
 # from the result cache), or the last error of any other. Built as json text and cast
 # once (jsonb's builders cost about a fifth more on 100,000 entries).
-ENTRIES = """coalesce(json_agg(
+_ENTRIES = """coalesce(json_agg(
     CASE WHEN status = 'succeeded'
          THEN json_build_object('index', seq, 'start', start_offset, 'end', end_offset,
                                 'status', status, 'result', result, 'cached', cached)
@@ -38,7 +38,7 @@ ENTRIES = """coalesce(json_agg(
 # work otherwise), the final error of each failed one, the ones split to fit the model's
 # context, and the token counts.
 _CHUNK_FACTS = f"""
-SELECT {{ENTRIES}},
+SELECT {_ENTRIES},
        coalesce(json_agg(json_build_object('chunk_index', seq, 'error', error) ORDER BY seq)
                 FILTER (WHERE status = 'failed'), '[]')::text,
        coalesce(json_agg(json_build_object('chunk_index', seq,
@@ -53,7 +53,7 @@ SELECT {{ENTRIES}},
             )::text
        END
 FROM chunks WHERE job_id = %(id)s
-""".replace("{ENTRIES}", ENTRIES)
+"""
 
 
 class RawJSON(str):
@@ -83,7 +83,7 @@ def report_json(
                   created_at, updated_at, finished_at, max_chunk_chars, text_chars,
                   metadata::text, webhook_url, priority
            FROM jobs WHERE id = %(id)s AND (%(owner)s::text IS NULL OR api_key_id = %(owner)s)""",
-        {"id": job_id, "chunks": chunks, "result": result, "owner": owner},
+        {"id": job_id, "result": result, "owner": owner},
     ).fetchone()
     if row is None:
         return None
