@@ -12,7 +12,14 @@ import psycopg
 
 from schema.cache import SHARED, Lookup
 from schema.queue.outcomes import ClaimedChunk
-from schema.queue.sql import CAP_LOCK_KEY, FAIR_QUANTUM, FENCED, NOTIFY_CHANNEL, NOW, key_columns
+from schema.queue.sql import (
+    CAP_LOCK_KEY,
+    FAIR_QUANTUM,
+    FENCED_KEYS,
+    NOTIFY_CHANNEL,
+    NOW,
+    key_columns,
+)
 
 # The claim, one statement. Due retries come first (chunks_retry_idx, soonest due first:
 # they have waited already). The rest of the limit is shared among the lanes (tenants) with
@@ -181,10 +188,7 @@ def heartbeat(
     if not job_ids:
         return set()
     rows = conn.execute(
-        f"""WITH input AS (
-                SELECT * FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[], %(attempts)b::int[])
-                         AS i(job_id, seq, attempt)
-            ), mine AS ({FENCED})
+        f"""{FENCED_KEYS}
             UPDATE chunks c SET lease_expires_at = {NOW} + make_interval(secs => %(lease)s)
             FROM mine m WHERE c.ctid = m.tid
             RETURNING c.job_id, c.seq""",
@@ -215,10 +219,7 @@ def release(
     if not job_ids:
         return 0
     cur = conn.execute(
-        f"""WITH input AS (
-                SELECT * FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[], %(attempts)b::int[])
-                         AS i(job_id, seq, attempt)
-            ), mine AS ({FENCED})
+        f"""{FENCED_KEYS}
             UPDATE chunks c
             SET status = 'pending', attempts = c.attempts - 1, worker_id = NULL,
                 lease_expires_at = NULL, next_attempt_at = {NOW}

@@ -13,7 +13,7 @@ import psycopg
 
 from schema.queue.finalize import finalize
 from schema.queue.outcomes import Failure, Merge, Recorded, Success
-from schema.queue.sql import COUNTED_JOBS, FENCED, NOTIFY_CHANNEL, NOW, key_columns
+from schema.queue.sql import COUNTED_JOBS, FENCED, FENCED_KEYS, NOTIFY_CHANNEL, NOW, key_columns
 from schema.states import JobStatus
 
 # A success that did not come from the cache and has a cache key (scope, key) is stored in
@@ -149,10 +149,7 @@ def record(
     if waiting:
         job_ids, seqs, attempts = key_columns(o.chunk for o in waiting)
         conn.execute(
-            f"""WITH input AS (
-                    SELECT * FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[],
-                                         %(attempts)b::int[]) AS i(job_id, seq, attempt)
-                ), mine AS ({FENCED})
+            f"""{FENCED_KEYS}
                 UPDATE chunks c SET finished_at = {NOW}
                 FROM mine m WHERE c.ctid = m.tid AND c.finished_at IS NULL""",
             {"job_ids": job_ids, "seqs": seqs, "attempts": attempts, "me": worker_id, "now": now},

@@ -49,6 +49,13 @@ FENCED = """SELECT i.*, c.tid FROM input i CROSS JOIN LATERAL (
         WHERE job_id = i.job_id AND seq = i.seq AND attempts = i.attempt
           AND status = 'running' AND worker_id = %(me)s LIMIT 1) c"""
 
+# FENCED for a batch given by its keys alone (the arrays job_ids, seqs, attempts): the
+# CTE ``mine`` of the rows this worker still holds, for a heartbeat, a release or a wait.
+FENCED_KEYS = f"""WITH input AS (
+    SELECT * FROM unnest(%(job_ids)b::uuid[], %(seqs)b::int[], %(attempts)b::int[])
+             AS i(job_id, seq, attempt)
+), mine AS ({FENCED})"""
+
 # The job rows of a batch's counts (the CTE ``counts``: job_id, n), each found by primary
 # key, with its ctid: the caller holds these rows (``held_jobs``), so the ctids stay.
 COUNTED_JOBS = """SELECT k.job_id, k.n, j.tid FROM counts k CROSS JOIN LATERAL (
