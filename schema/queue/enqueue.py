@@ -88,7 +88,7 @@ def enqueue(
     in autocommit. ``owner`` is the tenant (an ``api_keys`` id) the job belongs to, and its
     chunks take their turns in that tenant's lane, ``priority`` ordering them among the
     tenant's jobs: chunk ``seq`` gets turn ``start + seq // FAIR_QUANTUM``, so a claim
-    interleaves every waiting job of a lane a few chunks at a time (see
+    interleaves every waiting job of a lane ``FAIR_QUANTUM`` chunks at a time (see
     ``schema.queue.claim``).
     """
     lane = owner or ANONYMOUS_LANE

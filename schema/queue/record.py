@@ -129,11 +129,11 @@ def record(
     sees completed + failed = total is the only one that can.
 
     A job row held by another transaction (a paused peer, an operator's open session) is
-    skipped, not waited on (beyond ``patience_s``, see ``held_jobs``): its
-    outcomes come back in ``deferred`` and the rest of the batch is written, so one held
-    row never stops the other jobs from finishing. A deferred
-    chunk stays running (leased to us) with ``finished_at`` set: its provider call is over,
-    so it no longer counts against the shared cap.
+    skipped, not waited on (beyond ``patience_s``, see ``held_jobs``): its outcomes come
+    back in ``deferred`` and the rest of the batch is written, so one held row never stops
+    the other jobs from finishing. A deferred chunk stays running (leased to us) with
+    ``finished_at`` set: its provider call is over, so it no longer counts against the
+    shared cap.
     """
     if not outcomes:
         return Recorded(0, [], {})
