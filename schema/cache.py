@@ -24,6 +24,16 @@ from schema.clock import NOW
 # The one scope of a cache shared by every tenant (CHUNKQ_RESULT_CACHE=shared).
 SHARED = "*"
 
+# CHUNKQ_RESULT_CACHE: within each tenant, across tenants, or no cache.
+MODES = ("on", "shared", "off")
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if it is one of MODES, else ValueError naming the setting."""
+    if mode not in MODES:
+        raise ValueError(f"CHUNKQ_RESULT_CACHE={mode!r}: choose one of {', '.join(MODES)}")
+    return mode
+
 
 @dataclass(frozen=True, slots=True)
 class Lookup:

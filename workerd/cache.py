@@ -11,18 +11,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from schema.cache import Lookup
+from schema.cache import Lookup, check_mode
 from schema.queue import ClaimedChunk, Success
-
-MODES = ("on", "shared", "off")
 
 
 class ResultCache:
     """The cache as one worker uses it, for one provider identity."""
 
     def __init__(self, mode: str, identity: str | None) -> None:
-        if mode not in MODES:
-            raise ValueError(f"CHUNKQ_RESULT_CACHE={mode!r}: choose one of {', '.join(MODES)}")
+        check_mode(mode)
         # A provider with no identity cannot say when its answer would differ: not cached.
         self.lookup = (
             Lookup.of(identity, shared=mode == "shared")

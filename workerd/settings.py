@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from schema.cache import check_mode
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -81,10 +83,7 @@ class Settings:
             raise ValueError("CHUNKQ_WEBHOOK_CONCURRENCY must be at least 1")
         if not self.webhook_poll_s > 0:
             raise ValueError("CHUNKQ_WEBHOOK_POLL_S must be positive")
-        if self.result_cache not in ("on", "shared", "off"):
-            raise ValueError(
-                f"CHUNKQ_RESULT_CACHE={self.result_cache!r}: choose one of on, shared, off"
-            )
+        check_mode(self.result_cache)
         self.webhook_delays  # noqa: B018 (a malformed schedule fails here, not at delivery)
 
     @property
