@@ -130,10 +130,7 @@ class Recorder:
         """Write outcomes in one transaction of their own; when the database refuses the
         batch, each on its own (``write_each``). DatabaseDown keeps them for later."""
         try:
-            written: Written = self._db.transaction(
-                lambda conn: self.write_in(conn, outcomes, probes)
-            )
-            return written
+            return self._write_alone(outcomes, probes)
         except DatabaseDown:
             raise  # kept in unrecorded, written when the database is back
         except Exception:
@@ -245,14 +242,14 @@ class Recorder:
         waiting: list[ReduceOutcome] = []
         for outcome in outcomes:
             try:
-                recorded, held = self._write_alone(outcome, probes)
+                recorded, held = self._write_alone([outcome], probes)
             except DatabaseDown:
                 raise
             except Exception as exc:
                 log.warning("could not record %s: %r", label(key_of(outcome)), exc)
                 try:
                     recorded, held = self._write_alone(
-                        self._attempts.unrecordable(outcome, exc), probes
+                        [self._attempts.unrecordable(outcome, exc)], probes
                     )
                 except DatabaseDown:
                     raise
@@ -269,6 +266,7 @@ class Recorder:
             waiting += held
         return queue.Recorded(applied, dropped, finalized, deferred), waiting
 
-    def _write_alone(self, outcome: Outcome, probes: set[Key]) -> Written:
-        written: Written = self._db.transaction(lambda conn: self.write_in(conn, [outcome], probes))
+    def _write_alone(self, outcomes: list[Outcome], probes: set[Key]) -> Written:
+        """``write_in`` in a transaction of its own."""
+        written: Written = self._db.transaction(lambda conn: self.write_in(conn, outcomes, probes))
         return written
