@@ -284,6 +284,19 @@ def paths() -> dict[str, Any]:
                             "description": "Chunks per page (per read, for NDJSON, whose default"
                             " is 1000).",
                         },
+                        {
+                            "name": "from",
+                            "in": "query",
+                            "description": "Start at this chunk index (a page by number);"
+                            " not with cursor.",
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+                        },
+                        {
+                            "name": "text",
+                            "in": "query",
+                            "description": "true adds each chunk's text (1 and 0 are taken too).",
+                            "schema": {"type": "boolean", "default": False},
+                        },
                     ],
                     "responses": {
                         "200": {
@@ -298,6 +311,17 @@ def paths() -> dict[str, Any]:
                     },
                 },
                 "400",
+                "404",
+            ),
+        },
+        "/v1/analyze/{job_id}/chunks/states": {
+            "get": _v1(
+                {
+                    "operationId": "getChunkStates",
+                    "summary": "Every chunk's status, attempts and sentiment score, in one read",
+                    "parameters": [JOB_ID],
+                    "responses": {"200": _json(ref("ChunkStates"), "The job's chunks.")},
+                },
                 "404",
             ),
         },
