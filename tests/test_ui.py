@@ -322,3 +322,17 @@ def test_ui__a_finished_job_shows_its_chart_keywords_document_and_downloads(
         if shots:
             page.screenshot(path=str(Path(shots) / "ui-jobs.png"))
         tab.assert_clean()
+
+
+def test_ui__with_auth_off_no_key_is_asked_for(database_url: str, browser: Any) -> None:
+    with gunicorn(database_url, CHUNKQ_AUTH="off") as base:
+        posted = httpx.post(
+            f"{base}/v1/analyze", json={"raw_text": "Some text.", "max_chunk_chars": 100}
+        )
+        assert posted.status_code == 202, posted.text
+        tab = Watched(browser, base)
+        page = tab.goto("/ui/")
+        page.wait_for_selector(f"tr[data-job-id='{posted.json()['job_id']}']", timeout=SHOWN_MS)
+        assert page.locator("#key-dialog").is_hidden()
+        assert page.locator("#key-state").inner_text() == "auth off"
+        tab.assert_clean()

@@ -1,5 +1,5 @@
-// Polling without pile-ups: the next call starts only after the last one ended, and it
-// stops for good when the step says so. A failed step shows a banner and is tried again,
+// Polling without pile-ups: the next call starts only after the last one ended, none while
+// the tab is hidden, and it stops for good when the step says so. A failed step shows a banner and is tried again,
 // backing off, so a restarting server is waited for, not hammered.
 
 const banner = () => document.getElementById("banner");
@@ -13,6 +13,11 @@ export function poll(step, everyMs) {
   const run = async () => {
     timer = null;
     if (stopped) return;
+    // A tab in the background asks nothing; it catches up as soon as it is shown again.
+    if (document.hidden) {
+      document.addEventListener("visibilitychange", run, { once: true });
+      return;
+    }
     if (running) {
       rerun = true;
       return;
