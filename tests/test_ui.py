@@ -324,15 +324,35 @@ def test_ui__a_finished_job_shows_its_chart_keywords_document_and_downloads(
         tab.assert_clean()
 
 
-def test_ui__with_auth_off_no_key_is_asked_for(database_url: str, browser: Any) -> None:
+def test_ui__with_auth_off_no_key_is_asked_and_the_list_pages_and_filters(
+    database_url: str, browser: Any
+) -> None:
     with gunicorn(database_url, CHUNKQ_AUTH="off") as base:
-        posted = httpx.post(
-            f"{base}/v1/analyze", json={"raw_text": "Some text.", "max_chunk_chars": 100}
-        )
-        assert posted.status_code == 202, posted.text
+        jobs = []
+        for n in range(21):
+            posted = httpx.post(
+                f"{base}/v1/analyze", json={"raw_text": f"Text {n}.", "max_chunk_chars": 100}
+            )
+            assert posted.status_code == 202, posted.text
+            jobs.append(posted.json()["job_id"])
+        cancelled = httpx.post(f"{base}/v1/analyze/{jobs[0]}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
         tab = Watched(browser, base)
         page = tab.goto("/ui/")
-        page.wait_for_selector(f"tr[data-job-id='{posted.json()['job_id']}']", timeout=SHOWN_MS)
+        # Newest first, 20 a page: the oldest (cancelled) job is on the second.
+        page.wait_for_selector(f"tr[data-job-id='{jobs[-1]}']", timeout=SHOWN_MS)
         assert page.locator("#key-dialog").is_hidden()
         assert page.locator("#key-state").inner_text() == "auth off"
+        assert page.locator("tbody tr").count() == 20
+        page.click("#older")
+        page.wait_for_selector(f"tr[data-job-id='{jobs[0]}']", timeout=SHOWN_MS)
+        assert page.locator("tbody tr").count() == 1
+        page.click("#newer")
+        page.wait_for_selector(f"tr[data-job-id='{jobs[-1]}']", timeout=SHOWN_MS)
+        page.select_option("#status-filter", "CANCELLED")
+        page.wait_for_function(
+            "() => document.querySelectorAll('tbody tr').length === 1", timeout=SHOWN_MS
+        )
+        assert page.locator("tbody tr").get_attribute("data-job-id") == jobs[0]
+        assert page.url.endswith("/ui/?status=CANCELLED")
         tab.assert_clean()
