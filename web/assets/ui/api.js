@@ -40,8 +40,6 @@ export function askForKey(reason) {
       resolve(key);
     };
     form.addEventListener("submit", done);
-    // Escape would leave the page without a key and every request waiting: keep it open.
-    dialog.addEventListener("cancel", (event) => event.preventDefault(), { once: true });
   });
   dialog.showModal();
   input.focus();
@@ -50,11 +48,18 @@ export function askForKey(reason) {
 
 function showKeyState() {
   const state = document.getElementById("key-state");
-  const forget = document.getElementById("forget-key");
   const key = currentKey();
   state.textContent = !authOn ? "auth off" : key ? `key …${key.slice(-4)}` : "";
-  forget.hidden = !authOn || !key;
+  document.getElementById("forget-key").hidden = !authOn || !key;
+  document.getElementById("enter-key").hidden = !authOn || Boolean(key);
 }
+
+// The dialog closed with Escape leaves the requests waiting for a key: this opens it again.
+document.getElementById("enter-key").addEventListener("click", () => {
+  const dialog = document.getElementById("key-dialog");
+  if (asking && !dialog.open) dialog.showModal();
+  else if (!asking) askForKey("Enter an API key.").then(() => location.reload());
+});
 
 document.getElementById("forget-key").addEventListener("click", () => {
   sessionStorage.removeItem(STORE);
