@@ -125,3 +125,25 @@ def app(database_url: str) -> Iterator[Any]:
     )
     yield app
     app.extensions["chunkq.engine"].dispose()
+
+
+CHROMIUM = os.environ.get("CHUNKQ_CHROMIUM") or shutil.which("chromium") or ""
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Debian's Chromium under Playwright (its own browser download cannot work here).
+    Skipped without chromium, unless CHUNKQ_REQUIRE_BROWSER=1 (``.ci/run`` sets it, and
+    installs Debian's chromium)."""
+    if not CHROMIUM:
+        if os.environ.get("CHUNKQ_REQUIRE_BROWSER") == "1":
+            pytest.fail("CHUNKQ_REQUIRE_BROWSER=1 but no chromium (apt-get install chromium)")
+        pytest.skip("no chromium installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()

@@ -2,15 +2,12 @@
 every operation of ``/openapi.json`` from files the API serves itself, asks for nothing from
 any other host, and "Try it out" with a key sends a real request that the API answers.
 
-Skipped when no Chromium is installed, unless CHUNKQ_REQUIRE_BROWSER=1 (``.ci/run`` sets
-it, and installs Debian's chromium).
+Skipped when no Chromium is installed, unless CHUNKQ_REQUIRE_BROWSER=1 (the ``browser``
+fixture in conftest.py).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,24 +19,6 @@ from schema import tenants
 from tests.processes import gunicorn
 
 pytestmark = pytest.mark.slow
-
-CHROMIUM = os.environ.get("CHUNKQ_CHROMIUM") or shutil.which("chromium") or ""
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    if not CHROMIUM:
-        if os.environ.get("CHUNKQ_REQUIRE_BROWSER") == "1":
-            pytest.fail("CHUNKQ_REQUIRE_BROWSER=1 but no chromium (apt-get install chromium)")
-        pytest.skip("no chromium installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def test_docs__swagger_ui_renders_every_operation_and_tries_one_with_a_key(

@@ -40,6 +40,7 @@ CHECKS = [
 # run stays well under a minute on two cores.
 EXAMPLES = 60
 UNPROTECTED = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/{file}"}
+UNPROTECTED |= {"/ui/", "/ui/submit", "/ui/jobs/{job_id}", "/ui/static/{file}"}
 
 
 def test_openapi_json__is_a_valid_openapi_3_1_document(client: Any) -> None:

@@ -12,7 +12,7 @@ from schema import listing, reads
 from schema.errors import InvalidRequest, JobNotFound
 from schema.states import JobStatus
 from web import auth
-from web.args import int_arg, parse_id
+from web.args import flag_arg, int_arg, parse_id
 from web.database import connection
 from web.problems import ValidationFailed
 
@@ -80,16 +80,26 @@ def list_jobs() -> Response:
 @bp.get("/<job_id>/chunks")
 def chunks(job_id: str) -> Response:
     """A job's chunks in order, each with its result or last error, a page at a time
-    (``?cursor=&limit=``), or all of them as NDJSON (``Accept: application/x-ndjson``)."""
+    (``?cursor=&limit=``, or ``?from=INDEX`` for a page by number), or all of them as NDJSON
+    (``Accept: application/x-ndjson``); ``?text=true`` adds each chunk's text."""
     key = parse_id(job_id)
     ndjson = request.accept_mimetypes.best_match(["application/json", NDJSON]) == NDJSON
     limit = int_arg(
         "limit", default=listing.MAX_CHUNKS_PAGE if ndjson else 100, most=listing.MAX_CHUNKS_PAGE
     )
+    text = flag_arg("text", default=False)
+    first = _index_arg("from")
+    if "from" in request.args and request.args.get("cursor"):
+        why = "cannot be given with cursor: use one or the other"
+        raise ValidationFailed([InvalidRequest("from", why, status=400)])
     with connection(write=False) as conn:
         if not reads.exists(conn, key, owner=auth.owner()):
             raise JobNotFound(job_id)
-        page = _paged(lambda cursor: listing.chunks(conn, key, limit=limit, cursor=cursor))
+        page = _paged(
+            lambda cursor: listing.chunks(
+                conn, key, limit=limit, cursor=cursor, first=first, text=text
+            )
+        )
     if not ndjson:
         return Response(page.json(), mimetype="application/json")
 
@@ -101,9 +111,33 @@ def chunks(job_id: str) -> Response:
             if page.next_cursor is None:
                 return
             with connection(write=False) as conn:
-                page = listing.chunks(conn, key, limit=limit, cursor=page.next_cursor)
+                page = listing.chunks(conn, key, limit=limit, cursor=page.next_cursor, text=text)
 
     return Response(stream_with_context(lines(page)), mimetype=NDJSON)
+
+
+@bp.get("/<job_id>/chunks/states")
+def chunk_states(job_id: str) -> Response:
+    """Every chunk's status, attempts and sentiment score, and each last error, in one small
+    read: what a dashboard polls to draw a running job's chunk grid and chart."""
+    key = parse_id(job_id)
+    with connection(write=False) as conn:
+        if not reads.exists(conn, key, owner=auth.owner()):
+            raise JobNotFound(job_id)
+        body = listing.chunk_states(conn, key)
+    return Response(body, mimetype="application/json")
+
+
+def _index_arg(name: str) -> int:
+    """A chunk index (0 or more) from the query string, 0 when absent; else a 400."""
+    value = request.args.get(name)
+    if value is None:
+        return 0
+    if not (value.isascii() and value.isdigit()) or int(value) > 2**31 - 1:
+        raise ValidationFailed(
+            [InvalidRequest(name, f"must be a chunk index (0 or more), got {value!r}", status=400)]
+        )
+    return int(value)
 
 
 def _paged(read: Callable[[str | None], listing.Page]) -> listing.Page:

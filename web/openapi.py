@@ -284,6 +284,19 @@ def paths() -> dict[str, Any]:
                             "description": "Chunks per page (per read, for NDJSON, whose default"
                             " is 1000).",
                         },
+                        {
+                            "name": "from",
+                            "in": "query",
+                            "description": "Start at this chunk index (a page by number);"
+                            " not with cursor.",
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+                        },
+                        {
+                            "name": "text",
+                            "in": "query",
+                            "description": "true adds each chunk's text (1 and 0 are taken too).",
+                            "schema": {"type": "boolean", "default": False},
+                        },
                     ],
                     "responses": {
                         "200": {
@@ -298,6 +311,17 @@ def paths() -> dict[str, Any]:
                     },
                 },
                 "400",
+                "404",
+            ),
+        },
+        "/v1/analyze/{job_id}/chunks/states": {
+            "get": _v1(
+                {
+                    "operationId": "getChunkStates",
+                    "summary": "Every chunk's status, attempts and sentiment score, in one read",
+                    "parameters": [JOB_ID],
+                    "responses": {"200": _json(ref("ChunkStates"), "The job's chunks.")},
+                },
                 "404",
             ),
         },
@@ -359,6 +383,7 @@ def paths() -> dict[str, Any]:
                 },
             }
         },
+        **ui_paths(),
         "/docs/{file}": {
             "get": {
                 "operationId": "docsFile",
@@ -375,6 +400,39 @@ def paths() -> dict[str, Any]:
                 },
             }
         },
+    }
+
+
+def ui_paths() -> dict[str, Any]:
+    """The dashboard's pages and files (web/ui.py): no key, the page asks for one."""
+    html = {"description": "A page.", "content": {"text/html": {"schema": STRING}}}
+    not_found = {
+        "description": "No such job id or file.",
+        "content": {PROBLEM_JSON: {"schema": ref("Problem")}},
+    }
+
+    def page(operation_id: str, summary: str, *parameters: Any, **more: Any) -> dict[str, Any]:
+        return {
+            "get": {
+                "operationId": operation_id,
+                "summary": summary,
+                "tags": ["ui"],
+                "security": [],
+                "parameters": list(parameters),
+                "responses": {"200": html, **more},
+            }
+        }
+
+    file = {"name": "file", "in": "path", "required": True, "schema": STRING}
+    static = page("uiFile", "The dashboard's scripts and styles", file, **{"404": not_found})
+    static["get"]["responses"]["200"] = {"description": "The file.", "content": {"*/*": {}}}
+    return {
+        "/ui/": page("uiJobs", "Dashboard: the jobs, live"),
+        "/ui/submit": page("uiSubmit", "Dashboard: submit a text or a file"),
+        "/ui/jobs/{job_id}": page(
+            "uiJob", "Dashboard: one job, its chunks and its analysis", JOB_ID, **{"404": not_found}
+        ),
+        "/ui/static/{file}": static,
     }
 
 
@@ -409,6 +467,7 @@ def document(cfg: Any) -> dict[str, Any]:
             {"name": "jobs", "description": "Submit, read, list and cancel jobs."},
             {"name": "probes", "description": "For load balancers and orchestrators."},
             {"name": "docs", "description": "This document."},
+            {"name": "ui", "description": "The dashboard, for people."},
         ],
         "paths": _with_server_refusals(paths()),
         "components": components,

@@ -282,6 +282,7 @@ def schemas(cfg: Any) -> dict[str, Any]:
                 },
                 result={"type": "object", "description": "When the chunk succeeded."},
                 error={"type": "string", "description": "The last error, when there was one."},
+                text={"type": "string", "description": "The chunk's text, with ?text=true."},
             ),
             "description": "One chunk: raw_text[start:end] is its text.",
         },
@@ -290,6 +291,25 @@ def schemas(cfg: Any) -> dict[str, Any]:
             data={"type": "array", "items": ref("Chunk")},
             next_cursor=nullable(STRING),
         ),
+        "ChunkStates": {
+            **obj(
+                ["status", "attempts", "score", "errors"],
+                status={"type": "array", "items": ref("ChunkStatus")},
+                attempts={"type": "array", "items": COUNT},
+                score={
+                    "type": "array",
+                    "items": nullable({"type": "number"}),
+                    "description": "A succeeded chunk's sentiment from -1 to 1 (the builtin"
+                    " provider's compound score, a model's sentiment_score); null otherwise.",
+                },
+                errors={
+                    "type": "array",
+                    "items": obj(["index", "error"], index=COUNT, error=STRING),
+                    "description": "The last error of each chunk that has one, in order.",
+                },
+            ),
+            "description": "Parallel arrays, one entry per chunk in order.",
+        },
         "Webhook": obj(
             [
                 "id",
