@@ -1,20 +1,28 @@
-"""Prometheus metrics: the API's gauges equal the database's counts."""
+"""Prometheus metrics: the API's gauges equal the database's counts, and a worker process's
+counters move with the chunks it processes, on its own port."""
 
 from __future__ import annotations
 
 import datetime as dt
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from schema import metrics, outages, queue
 from schema.merging import by_name
-from tests.support import make_worker, run_until_idle, submit
+from tests.processes import ROOT, environment, free_port, start_worker, stop, wait_for
+from tests.support import FAST, make_worker, run_until_idle, submit, terminal
 from web import create_app
-from workerd.providers import SimulatedProvider
+from workerd.metrics import Metrics
+from workerd.providers import ProviderUnavailable, SimulatedProvider
 
 # Chunks of 20 characters; every chunk of a sentence holding "broken" fails on each attempt.
 GOOD = "A calm sentence here. "
@@ -202,3 +210,191 @@ def test_metrics__statement_timeout_answers_503_instead_of_hanging(database_url:
         assert app.test_client().get("/metrics").status_code == 200  # and then it answers
     finally:
         app.extensions["chunkq.engine"].dispose()
+
+
+# -- the worker's own metrics ----------------------------------------------------------------
+
+
+def test_worker_metrics__count_tokens_claims_records_and_calls_in_run_once(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    class Reporting:
+        """A provider that reports its token use, as OpenAI-compatible servers do."""
+
+        name = "simulated"
+
+        def analyze(self, text: str, call: Any = None) -> dict[str, Any]:
+            return {"chars": len(text), "usage": {"prompt_tokens": 7, "completion_tokens": 3}}
+
+        def summarize(self, results: list[Any]) -> dict[str, Any]:
+            return {}
+
+    job = submit(db, GOOD * 4, 25)
+    counted = Metrics()
+    worker = make_worker(database_url, Reporting(), FAST, concurrency=8, metrics=counted)
+    try:
+        worker.run_once()
+    finally:
+        worker.close()
+    assert terminal(db, job)
+    value = counted.registry.get_sample_value
+    assert value("chunkq_worker_tokens_total", {"type": "prompt"}) == 4 * 7
+    assert value("chunkq_worker_tokens_total", {"type": "completion"}) == 4 * 3
+    assert value("chunkq_worker_claims_total", {"kind": "chunk"}) == 4
+    assert value("chunkq_worker_records_total", {"outcome": "succeeded"}) == 4
+    labels = {"kind": "chunk", "outcome": "success", "error_class": ""}
+    assert value("chunkq_worker_provider_calls_total", labels) == 4
+    assert value("chunkq_worker_provider_call_seconds_count", {"kind": "chunk"}) == 4
+    assert value("chunkq_worker_in_flight") == 0
+    assert value("chunkq_worker_info", {"worker_id": worker.worker_id}) == 1
+
+
+def test_worker_metrics__a_failure_the_open_circuit_hands_back_is_counted_as_such(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    class Down:
+        """A provider whose server cannot be reached."""
+
+        name = "simulated"
+
+        def analyze(self, text: str, call: Any = None) -> dict[str, Any]:
+            raise ProviderUnavailable("connection refused")
+
+        def summarize(self, results: list[Any]) -> dict[str, Any]:
+            return {}
+
+    job = submit(db, GOOD, 25)
+    # The circuit is open already, its probe due: the worker's one call is the probe.
+    outages.open_circuit(db, "simulated", "refused", failures=3, probe_in_s=0)
+    counted = Metrics()
+    worker = make_worker(database_url, Down(), FAST, concurrency=2, metrics=counted)
+    try:
+        assert worker.run_once().claimed == 1
+    finally:
+        worker.close()
+    row = db.execute("SELECT status, attempts FROM chunks WHERE job_id = %s", (job,)).fetchone()
+    assert row == ("pending", 0)  # back in the queue, the attempt not counted
+    value = counted.registry.get_sample_value
+    assert value("chunkq_worker_records_total", {"outcome": "handed_back"}) == 1
+    assert value("chunkq_worker_records_total", {"outcome": "retried"}) == 0
+    labels = {"kind": "chunk", "outcome": "error", "error_class": "ProviderUnavailable"}
+    assert value("chunkq_worker_provider_calls_total", labels) == 1
+
+
+def scrape_worker(port: int) -> dict[str, Any] | None:
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+    except httpx.TransportError:
+        return None
+    return samples(response.text) if response.status_code == 200 else None
+
+
+@pytest.mark.slow
+def test_worker_process__counters_move_with_the_chunks_it_processes(
+    database_url: str, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    port = free_port()
+    log = tmp_path / "worker.log"
+    proc = start_worker(
+        database_url,
+        "--metrics-port",
+        str(port),
+        log=log,
+        CHUNKQ_PROVIDER="simulated",
+        CHUNKQ_SIM_FAIL_PATTERN="broken",
+        CHUNKQ_MAX_ATTEMPTS="3",
+        CHUNKQ_BACKOFF_BASE_S="0",
+        CHUNKQ_BACKOFF_MAX_S="0",
+    )
+    try:
+
+        def up() -> dict[str, Any] | None:
+            assert proc.poll() is None, log.read_text()
+            return scrape_worker(port)
+
+        before = wait_for(up, 30, "the worker's metrics port")
+        assert set(by_label(before, "chunkq_worker_records_total", "outcome").values()) == {0}
+        assert set(before["chunkq_worker_provider_calls_total"].values()) == {0}
+        assert before["chunkq_worker_in_flight"][()] == 0
+        # Distinct texts (a number each), so the result cache answers none of them.
+        text = "".join(f"{i:03d} {BAD if i % 4 == 1 else GOOD}" for i in range(12))
+        job = submit(db, text, 30)
+        wait_for(lambda: terminal(db, job), 60, "the job to finish", interval=0.05)
+        rows = db.execute(
+            "SELECT status, count(*), sum(attempts) FROM chunks WHERE job_id = %s GROUP BY status",
+            (job,),
+        ).fetchall()
+        done = {status: (int(n), int(attempts)) for status, n, attempts in rows}
+        assert set(done) == {"succeeded", "failed"}, done
+        attempts = sum(a for _, a in done.values())
+        failed_attempts = done["failed"][1]
+        assert failed_attempts == 3 * done["failed"][0]
+
+        def settled() -> dict[str, Any] | None:
+            after = scrape_worker(port)
+            records = by_label(after or {}, "chunkq_worker_records_total", "outcome")
+            return after if sum(records.values()) == attempts else None
+
+        after = wait_for(settled, 10, "every outcome counted")
+    finally:
+        assert stop(proc) == 0, log.read_text()
+    records = by_label(after, "chunkq_worker_records_total", "outcome")
+    assert records["succeeded"] == done["succeeded"][0]
+    assert records["failed"] == done["failed"][0]
+    assert records["retried"] == 2 * done["failed"][0]
+    assert after["chunkq_worker_claims_total"] == {(("kind", "chunk"),): attempts}
+    calls = after["chunkq_worker_provider_calls_total"]
+    assert calls == {
+        (("error_class", ""), ("kind", "chunk"), ("outcome", "success")): done["succeeded"][0],
+        (("error_class", "RetryableError"), ("kind", "chunk"), ("outcome", "error")): (
+            failed_attempts
+        ),
+    }
+    assert after["chunkq_worker_provider_call_seconds_count"] == {(("kind", "chunk"),): attempts}
+    assert after["chunkq_worker_in_flight"][()] == 0
+    assert after.get("chunkq_worker_rescues_total", {(): 0}) == {(): 0}
+    assert after.get("chunkq_worker_cache_hits_total", {(): 0}) == {(): 0}
+
+
+def run_workerd(database_url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m workerd ARGS`` expected to exit at once (a bad setting)."""
+    return subprocess.run(
+        [sys.executable, "-m", "workerd", *args],
+        cwd=ROOT,
+        env=environment(database_url, CHUNKQ_PROVIDER="simulated", **env),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        ((), {"CHUNKQ_METRICS_PORT": "70000"}, "CHUNKQ_METRICS_PORT=70000 is not a port"),
+        ((), {"CHUNKQ_METRICS_PORT": "nine"}, "CHUNKQ_METRICS_PORT='nine' is not a valid"),
+        (("--metrics-port", "0"), {}, "CHUNKQ_METRICS_PORT=0 is not a port"),
+        (("--metrics-port", "x"), {}, "--metrics-port: invalid int value"),
+    ],
+)
+def test_worker_process__bad_metrics_port_is_a_clear_error_exit_2(
+    database_url: str, args: tuple[str, ...], env: dict[str, str], says: str
+) -> None:
+    done = run_workerd(database_url, *args, **env)
+    assert done.returncode == 2 and says in done.stderr, done.stderr
+
+
+def test_worker_process__metrics_port_in_use_is_a_clear_error_exit_2(database_url: str) -> None:
+    with socket.create_server(("0.0.0.0", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = run_workerd(database_url, "--metrics-port", str(port))
+    assert done.returncode == 2, done.stderr
+    assert f"cannot serve metrics on 0.0.0.0:{port}" in done.stderr, done.stderr
+    assert "Address already in use" in done.stderr
+
+
+def test_worker_metrics__two_workers_in_one_process_count_apart() -> None:
+    one, two = Metrics(), Metrics()
+    one.claims.labels("chunk").inc(3)
+    assert one.registry.get_sample_value("chunkq_worker_claims_total", {"kind": "chunk"}) == 3
+    assert two.registry.get_sample_value("chunkq_worker_claims_total", {"kind": "chunk"}) is None
