@@ -16,10 +16,12 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from chunkq.up import _metrics_ports
 from schema import metrics, outages, queue
 from schema.merging import by_name
 from tests.processes import ROOT, environment, free_port, start_worker, stop, wait_for
 from tests.support import FAST, make_worker, run_until_idle, submit, terminal
+from tests.test_cli import chunkq_up, cli_env
 from web import create_app
 from workerd.metrics import Metrics
 from workerd.providers import ProviderUnavailable, SimulatedProvider
@@ -391,6 +393,34 @@ def test_worker_process__metrics_port_in_use_is_a_clear_error_exit_2(database_ur
     assert done.returncode == 2, done.stderr
     assert f"cannot serve metrics on 0.0.0.0:{port}" in done.stderr, done.stderr
     assert "Address already in use" in done.stderr
+
+
+def test_up__gives_each_worker_its_own_metrics_port() -> None:
+    assert _metrics_ports(None, 3) == []
+    assert _metrics_ports(9100, 3) == [9100, 9101, 9102]
+    with pytest.raises(ValueError, match="no room for 2 workers"):
+        _metrics_ports(65535, 2)
+
+
+@pytest.mark.slow
+def test_up__each_worker_serves_its_metrics_on_the_next_port(
+    database_url: str, tmp_path: Path
+) -> None:
+    base_port = free_port()
+    env = cli_env(
+        DATABASE_URL=database_url,
+        CHUNKQ_PROVIDER="simulated",
+        CHUNKQ_HOME=str(tmp_path),
+        CHUNKQ_METRICS_PORT=str(base_port),
+    )
+    with chunkq_up(env, "--workers", "2", "--web-workers", "1") as (_up, base, log):
+        ids = []
+        for port in (base_port, base_port + 1):
+            scraped = wait_for(lambda p=port: scrape_worker(p), 30, f"metrics on port {port}")
+            ids += [dict(labels)["worker_id"] for labels in scraped["chunkq_worker_info"]]
+        assert len(set(ids)) == 2, ids  # two workers, one port each
+        api = samples(httpx.get(f"{base}/metrics", timeout=10).text)
+        assert len(by_label(api, "chunkq_jobs", "status")) == 6, "".join(log)
 
 
 def test_worker_metrics__two_workers_in_one_process_count_apart() -> None:
