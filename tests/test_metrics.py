@@ -4,6 +4,8 @@ counters move with the chunks it processes, on its own port."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 import socket
 import subprocess
 import sys
@@ -421,6 +423,21 @@ def test_up__each_worker_serves_its_metrics_on_the_next_port(
         assert len(set(ids)) == 2, ids  # two workers, one port each
         api = samples(httpx.get(f"{base}/metrics", timeout=10).text)
         assert len(by_label(api, "chunkq_jobs", "status")) == 6, "".join(log)
+
+
+def test_grafana_dashboard__uses_only_metrics_that_exist(app: Any) -> None:
+    dashboard = json.loads((ROOT / "grafana-dashboard.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        for name in re.findall(r"chunkq_[a-z_]+", target["expr"])
+    }
+    response = app.test_client().get("/metrics")
+    known = {family.name for family in text_string_to_metric_families(response.text)}
+    for family in Metrics().registry.collect():
+        known |= {family.name + suffix for suffix in ("", "_total", "_bucket", "_count", "_sum")}
+    assert used and used <= known, used - known
 
 
 def test_worker_metrics__two_workers_in_one_process_count_apart() -> None:
