@@ -36,7 +36,9 @@ def run_up(*, workers: int, concurrency: int, port: int, web_workers: int) -> in
 
     try:
         # Checked here once, or every worker would fail on it and be restarted forever.
-        grace = Settings.from_env().shutdown_grace_s
+        settings = Settings.from_env()
+        grace = settings.shutdown_grace_s
+        metrics_ports = _metrics_ports(settings.metrics_port, workers)
         auth = auth_enabled()
     except ValueError as exc:
         say(str(exc))
@@ -69,6 +71,8 @@ def run_up(*, workers: int, concurrency: int, port: int, web_workers: int) -> in
         sup.spawn(gunicorn)
         for i in range(1, workers + 1):
             worker = [sys.executable, "-m", "workerd", "--concurrency", str(concurrency)]
+            if metrics_ports:
+                worker += ["--metrics-port", str(metrics_ports[i - 1])]
             sup.spawn(Child(f"worker-{i}", worker))
         if not _wait_ready(sup, gunicorn, base):
             return 0 if sup.signals else 1
@@ -125,6 +129,19 @@ def _access_line(local: LocalKey | None) -> str:
         f"  API key: kept in {local.path} (id {local.id}); chunkq submit finds it by itself,"
         " other clients send it as 'Authorization: Bearer <key>'"
     )
+
+
+def _metrics_ports(base: int | None, workers: int) -> list[int]:
+    """Each worker's metrics port, so they do not collide: worker i (from 1) serves on
+    CHUNKQ_METRICS_PORT + i - 1; none when it is unset."""
+    if base is None:
+        return []
+    if base + workers - 1 > 65535:
+        raise ValueError(
+            f"CHUNKQ_METRICS_PORT={base} leaves no room for {workers} workers' ports"
+            f" ({base} to {base + workers - 1}; the last port is 65535)"
+        )
+    return [base + i for i in range(workers)]
 
 
 def gunicorn_argv(fd: int, workers: int) -> list[str]:

@@ -39,7 +39,7 @@ CHECKS = [
 # Per operation and generation mode: enough to reach every documented answer, and the whole
 # run stays well under a minute on two cores.
 EXAMPLES = 60
-UNPROTECTED = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/{file}"}
+UNPROTECTED = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/{file}"}
 UNPROTECTED |= {"/ui/", "/ui/submit", "/ui/jobs/{job_id}", "/ui/static/{file}"}
 
 

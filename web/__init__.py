@@ -83,6 +83,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["chunkq.merge"] = functools.cache(lambda: _merge(app.config["PROVIDER"]))
 
     from web import analyze, auth, compress, docs, health, listing, openapi, problems, ui, webhooks
+    from web.metrics import register_metrics
 
     problems.register(app)
     auth.register(app)
@@ -94,6 +95,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(openapi.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(ui.bp)
+    register_metrics(app)
     return app
 
 

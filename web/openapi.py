@@ -363,6 +363,24 @@ def paths() -> dict[str, Any]:
                 },
             }
         },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "The queue's gauges for Prometheus, read from the database now",
+                "tags": ["probes"],
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format (OpenMetrics when asked).",
+                        "content": {
+                            "text/plain": {"schema": STRING},
+                            "application/openmetrics-text": {"schema": STRING},
+                        },
+                    },
+                    "503": _problem("Unavailable"),
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
@@ -27,6 +28,7 @@ from schema.errors import DatabaseUrlMissing  # noqa: E402
 from workerd import loop  # noqa: E402
 from workerd.database import connectors  # noqa: E402
 from workerd.listen import listener  # noqa: E402
+from workerd.metrics import Metrics, serve  # noqa: E402
 from workerd.providers import provider_from_settings  # noqa: E402
 from workerd.settings import Settings  # noqa: E402
 from workerd.signals import stop_on_signals  # noqa: E402
@@ -41,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--burst", action="store_true", help="exit 0 once nothing is due or running"
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve this worker's Prometheus metrics on this port (CHUNKQ_METRICS_PORT)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -49,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         settings = Settings.from_env()
+        if args.metrics_port is not None:
+            settings = dataclasses.replace(settings, metrics_port=args.metrics_port)
         provider = provider_from_settings(settings)
     except ValueError as exc:
         print(f"workerd: {exc}", file=sys.stderr)
@@ -64,8 +73,21 @@ def main(argv: list[str] | None = None) -> int:
     except DatabaseUrlMissing as exc:
         print(f"workerd: {exc}", file=sys.stderr)
         return 2
+    metrics = Metrics()
+    if settings.metrics_port is not None:
+        where = f"{settings.metrics_host}:{settings.metrics_port}"
+        try:
+            serve(metrics, settings.metrics_port, settings.metrics_host)
+        except OSError as exc:
+            print(
+                f"workerd: cannot serve metrics on {where} (CHUNKQ_METRICS_PORT,"
+                f" --metrics-port): {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 2
+        log.info("serving metrics on http://%s/metrics", where)
     work, listen = connectors(settings, url)
-    worker = Worker(settings, provider, work, concurrency=args.concurrency)
+    worker = Worker(settings, provider, work, concurrency=args.concurrency, metrics=metrics)
 
     on_signal = stop_on_signals(worker)
     signal.signal(signal.SIGTERM, on_signal)

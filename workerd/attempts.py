@@ -13,6 +13,7 @@ from typing import Any
 
 from schema.queue import ClaimedChunk, Failure, Success, jsonb_text
 from schema.queue.reductions import ClaimedReduction
+from workerd.metrics import Metrics
 from workerd.providers import AttemptTimeout, Call, PermanentError, Provider, ProviderError
 from workerd.retry import retry_delay
 from workerd.settings import Settings
@@ -47,11 +48,13 @@ class Attempts:
         *,
         rng: random.Random | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.provider = provider
         self._rng = rng or random.Random()
         self._monotonic = monotonic
+        self._metrics = metrics if metrics is not None else Metrics()
 
     def new_call(self, parts: list[dict[str, Any]] | None) -> Call:
         """A call with the attempt's deadline, carrying a split chunk's finished pieces."""
@@ -61,10 +64,12 @@ class Attempts:
         """Run the provider on one chunk; never raises: every error becomes a Failure. A
         success is kept in the result cache under the chunk's key (when the cache is on)."""
         call = call or self.new_call(chunk.parts)
+        started = self._monotonic()
         try:
             result = self.provider.analyze(chunk.text, call)
             encoded = encode(result)
         except Exception as exc:
+            self._metrics.call("chunk", self._monotonic() - started, exc)
             if not isinstance(exc, ProviderError):
                 log.warning("provider raised %s on chunk %s/%s", type(exc).__name__, *chunk.key)
             return Failure(
@@ -76,6 +81,8 @@ class Attempts:
                 unavailable=getattr(exc, "unavailable", False),
                 parts=_pieces(call),
             )
+        self._metrics.call("chunk", self._monotonic() - started)
+        self._metrics.used(result.get("usage"))
         return Success(
             chunk, result, encoded, cache_scope=chunk.cache_scope, cache_key=chunk.cache_key
         )
@@ -83,16 +90,20 @@ class Attempts:
     def reduce(self, reduction: ClaimedReduction, call: Call | None = None) -> ReduceOutcome:
         """Run the provider's reduce step on a job's ordered analyses; never raises."""
         call = call or self.new_call(None)
+        started = self._monotonic()
         try:
             result = self.provider.reduce(reduction.analyses, call)  # type: ignore[attr-defined]
             encode(result)
         except Exception as exc:
+            self._metrics.call("reduce", self._monotonic() - started, exc)
             return ReduceOutcome(
                 reduction,
                 error=f"{type(exc).__name__}: {exc}",
                 retry_in=self.retry_in(reduction.attempt, exc),
                 unavailable=getattr(exc, "unavailable", False),
             )
+        self._metrics.call("reduce", self._monotonic() - started)
+        self._metrics.used(result.get("usage"))
         return ReduceOutcome(reduction, result=result)
 
     def timed_out(self, claimed: ClaimedChunk | ClaimedReduction, call: Call) -> Outcome:

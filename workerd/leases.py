@@ -16,6 +16,7 @@ from schema.queue import reductions
 from workerd.attempts import key_of, label
 from workerd.database import Database, DatabaseDown
 from workerd.inflight import InFlight
+from workerd.metrics import Metrics
 from workerd.recorder import Recorder
 from workerd.settings import Settings
 from workerd.step import Step
@@ -38,8 +39,10 @@ class Leases:
         reduces: bool,
         clock: Callable[[], datetime | None],
         replace_stuck: Callable[[], None],
+        metrics: Metrics | None = None,
     ) -> None:
         self.worker_id = worker_id
+        self._metrics = metrics if metrics is not None else Metrics()
         self._settings = settings
         self._db = db
         self._inflight = inflight
@@ -105,6 +108,7 @@ class Leases:
                 failed,
             )
         step.rescued += requeued + failed
+        self._metrics.rescues.inc(requeued + failed)
         step.finalized.update({k: v.value for k, v in finalized.items()})
 
     def hand_back(self) -> int:

@@ -20,6 +20,7 @@ from schema.queue import Success, reductions
 from workerd.attempts import Attempts, Key, Outcome, ReduceOutcome, key_of, label
 from workerd.circuit import Circuit
 from workerd.database import Database, DatabaseDown
+from workerd.metrics import Metrics
 from workerd.step import Step
 
 log = logging.getLogger("workerd")
@@ -51,8 +52,13 @@ class Recorder:
         reduces: bool,
         clock: Callable[[], datetime | None],
         monotonic: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.worker_id = worker_id
+        self._metrics = metrics if metrics is not None else Metrics()
+        # The chunk outcomes as the circuit breaker settled them (a failure while its
+        # circuit was open is handed back), by key, for the records counter.
+        self._settled: dict[Key, Outcome] = {}
         self._db = db
         self._attempts = attempts
         self._circuit = circuit
@@ -164,12 +170,18 @@ class Recorder:
                 ", ".join(str(j) for j in sorted(held - self.held)),
             )
         self.held = held
+        lost = set(recorded.dropped)
         for outcome in outcomes:
             key = key_of(outcome)
             if key not in deferred:
                 if isinstance(outcome, ReduceOutcome):
                     step.recorded += 1
+                else:
+                    final = self._settled.get(key, outcome)
+                    if not isinstance(final, ReduceOutcome):
+                        self._metrics.recorded(final, lost=key in lost)
                 forget(key)
+        self._settled.clear()
         for key in recorded.dropped:
             log.warning("lease lost before recording chunk %s/%s; result dropped", *key)
         step.recorded += recorded.applied
@@ -218,10 +230,12 @@ class Recorder:
                 log.warning(
                     "lease lost before recording reduce of job %s", outcome.reduction.job_id
                 )
+        settled = self._circuit.settle(conn, batch, probes)
+        self._settled.update((o.chunk.key, o) for o in settled)
         recorded = queue.record(
             conn,
             self.worker_id,
-            self._circuit.settle(conn, batch, probes),
+            settled,
             self._merge,
             provider=self._attempts.provider.name,
             now=self._clock(),

@@ -53,6 +53,10 @@ class Settings:
     webhook_allow_private: bool = False
     # The result cache: on (within each tenant), shared (across tenants) or off.
     result_cache: str = "on"
+    # Where this process serves its own Prometheus metrics (None: nowhere); all interfaces
+    # by default, as a scraper on another host expects.
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -84,6 +88,8 @@ class Settings:
         if not self.webhook_poll_s > 0:
             raise ValueError("CHUNKQ_WEBHOOK_POLL_S must be positive")
         check_mode(self.result_cache)
+        if self.metrics_port is not None and not 1 <= self.metrics_port <= 65535:
+            raise ValueError(f"CHUNKQ_METRICS_PORT={self.metrics_port} is not a port (1 to 65535)")
         self.webhook_delays  # noqa: B018 (a malformed schedule fails here, not at delivery)
 
     @property
@@ -167,4 +173,6 @@ ENVIRONMENT = {
     "webhook_poll_s": "CHUNKQ_WEBHOOK_POLL_S",
     "webhook_allow_private": "CHUNKQ_WEBHOOK_ALLOW_PRIVATE",
     "result_cache": "CHUNKQ_RESULT_CACHE",
+    "metrics_port": "CHUNKQ_METRICS_PORT",
+    "metrics_host": "CHUNKQ_METRICS_HOST",
 }

@@ -29,6 +29,7 @@ from workerd.circuit import Circuit
 from workerd.database import Database, DatabaseDown
 from workerd.inflight import InFlight
 from workerd.leases import Leases
+from workerd.metrics import Metrics
 from workerd.pool import AttemptPool
 from workerd.providers import (
     Provider,
@@ -77,6 +78,7 @@ class Worker:
         clock: Clock = lambda: None,
         rng: random.Random | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -88,7 +90,12 @@ class Worker:
         self.rng = rng or random.Random()
         self.monotonic = monotonic
         self._db = Database(connect, lease_s=settings.lease_s)
-        self._attempts = Attempts(settings, provider, rng=self.rng, monotonic=monotonic)
+        # Counted into a registry of this worker's own unless one is passed in; served by
+        # __main__ when CHUNKQ_METRICS_PORT is set.
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._attempts = Attempts(
+            settings, provider, rng=self.rng, monotonic=monotonic, metrics=self.metrics
+        )
         self.circuit = Circuit(
             circuit_key(provider),
             threshold=settings.circuit_threshold,
@@ -109,6 +116,7 @@ class Worker:
             reduces=self._reduces,
             clock=clock,
             monotonic=monotonic,
+            metrics=self.metrics,
         )
         self._pool: AttemptPool[Outcome] | None = None
         self._leases = Leases(
@@ -121,7 +129,9 @@ class Worker:
             reduces=self._reduces,
             clock=clock,
             replace_stuck=self._replace_stuck,
+            metrics=self.metrics,
         )
+        self.metrics.identify(self.worker_id, lambda: len(self._inflight))
         self.wake = threading.Event()
         # Attempts handed to the pool, outcomes it handed back, and how many of those the
         # loop had taken at its last step: the pool wakes the loop for the first outcome of a
@@ -238,6 +248,12 @@ class Worker:
             self.settings.provider_concurrency is not None and len(claimed.chunks) < claimed.limit
         )
         answered = {hit.chunk.key: hit for hit in claimed.hits}
+        if claimed.chunks:
+            self.metrics.claims.labels("chunk").inc(len(claimed.chunks))
+        if claimed.hits:
+            self.metrics.cache_hits.inc(len(claimed.hits))
+        if claimed.reduction is not None:
+            self.metrics.claims.labels("reduce").inc()
         for chunk in claimed.chunks:
             call = self._attempts.new_call(chunk.parts)
             hit = answered.get(chunk.key)
