@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from schema import logs
 from schema.queue import ClaimedChunk, Failure, Success, jsonb_text
 from schema.queue.reductions import ClaimedReduction
 from workerd.providers import AttemptTimeout, Call, PermanentError, Provider, ProviderError
@@ -61,21 +62,23 @@ class Attempts:
         """Run the provider on one chunk; never raises: every error becomes a Failure. A
         success is kept in the result cache under the chunk's key (when the cache is on)."""
         call = call or self.new_call(chunk.parts)
-        try:
-            result = self.provider.analyze(chunk.text, call)
-            encoded = encode(result)
-        except Exception as exc:
-            if not isinstance(exc, ProviderError):
-                log.warning("provider raised %s on chunk %s/%s", type(exc).__name__, *chunk.key)
-            return Failure(
-                chunk,
-                type(exc).__name__,
-                # PostgreSQL text cannot hold NUL; a server's error body may.
-                (str(exc) or type(exc).__name__).replace("\x00", "\\x00"),
-                self.retry_in(chunk.attempt, exc),
-                unavailable=getattr(exc, "unavailable", False),
-                parts=_pieces(call),
-            )
+        # Every line logged during the attempt (the provider's too) says which it is about.
+        with logs.bound(job_id=chunk.job_id, chunk=chunk.seq, attempt=chunk.attempt):
+            try:
+                result = self.provider.analyze(chunk.text, call)
+                encoded = encode(result)
+            except Exception as exc:
+                failure = Failure(
+                    chunk,
+                    type(exc).__name__,
+                    # PostgreSQL text cannot hold NUL; a server's error body may.
+                    (str(exc) or type(exc).__name__).replace("\x00", "\\x00"),
+                    self.retry_in(chunk.attempt, exc),
+                    unavailable=getattr(exc, "unavailable", False),
+                    parts=_pieces(call),
+                )
+                _log_failure(failure, unexpected=not isinstance(exc, ProviderError))
+                return failure
         return Success(
             chunk, result, encoded, cache_scope=chunk.cache_scope, cache_key=chunk.cache_key
         )
@@ -83,16 +86,17 @@ class Attempts:
     def reduce(self, reduction: ClaimedReduction, call: Call | None = None) -> ReduceOutcome:
         """Run the provider's reduce step on a job's ordered analyses; never raises."""
         call = call or self.new_call(None)
-        try:
-            result = self.provider.reduce(reduction.analyses, call)  # type: ignore[attr-defined]
-            encode(result)
-        except Exception as exc:
-            return ReduceOutcome(
-                reduction,
-                error=f"{type(exc).__name__}: {exc}",
-                retry_in=self.retry_in(reduction.attempt, exc),
-                unavailable=getattr(exc, "unavailable", False),
-            )
+        with logs.bound(job_id=reduction.job_id, attempt=reduction.attempt):
+            try:
+                result = self.provider.reduce(reduction.analyses, call)  # type: ignore[attr-defined]
+                encode(result)
+            except Exception as exc:
+                return ReduceOutcome(
+                    reduction,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in=self.retry_in(reduction.attempt, exc),
+                    unavailable=getattr(exc, "unavailable", False),
+                )
         return ReduceOutcome(reduction, result=result)
 
     def timed_out(self, claimed: ClaimedChunk | ClaimedReduction, call: Call) -> Outcome:
@@ -162,6 +166,13 @@ def label(key: Key) -> str:
     return f"reduce of job {key}" if isinstance(key, uuid.UUID) else f"chunk {key[0]}/{key[1]}"
 
 
+def fields(key: Key) -> dict[str, Any]:
+    """``key`` as a log line's context fields (``schema.logs``)."""
+    if isinstance(key, uuid.UUID):
+        return {"job_id": key}
+    return {"job_id": key[0], "chunk": key[1]}
+
+
 def encode(result: Any) -> str:
     """Serialise a provider's result for the database, refusing what jsonb cannot hold: a
     non-object, NaN or infinity, or a NUL character. A bad result is the provider's failure,
@@ -172,6 +183,22 @@ def encode(result: Any) -> str:
         return jsonb_text(result)
     except (TypeError, ValueError) as exc:
         raise PermanentError(f"provider returned a result that jsonb cannot hold: {exc}") from exc
+
+
+def _log_failure(failure: Failure, *, unexpected: bool) -> None:
+    """One warning per failed attempt of a chunk: retried (and when) or failed for good.
+    ``unexpected``: the provider raised something that is not a ProviderError (a bug)."""
+    what = "provider raised" if unexpected else "attempt failed:"
+    if failure.retry_in is None:
+        log.warning("%s %s: %s; chunk failed for good", what, failure.error_class, failure.error)
+    else:
+        log.warning(
+            "%s %s: %s; retry in %.1fs",
+            what,
+            failure.error_class,
+            failure.error,
+            failure.retry_in,
+        )
 
 
 def _pieces(call: Call) -> list[dict[str, Any]] | None:
