@@ -115,17 +115,22 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """The readable format, with the record's context as ``key=value`` after the message."""
+    """The readable format, with the job, chunk and attempt a line is about as ``key=value``
+    after the message when it does not say them already. The worker's id is left out: the
+    pid in brackets tells the processes apart, and the worker's start line names its id."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         text = super().formatMessage(record)
-        fields = _fields(record)
-        if fields:
-            text += " " + " ".join(f"{k}={v}" for k, v in fields.items())
-        return text
+        message = record.getMessage()
+        shown = [
+            f"{key}={value}"
+            for key in ("job_id", "chunk", "attempt")
+            if (value := getattr(record, key, None)) is not None and f"{value}" not in message
+        ]
+        return f"{text} {' '.join(shown)}" if shown else text
 
 
 def formatter(fmt: str) -> logging.Formatter:

@@ -193,7 +193,7 @@ def _log_failure(failure: Failure, *, unexpected: bool) -> None:
         log.warning("%s %s: %s; chunk failed for good", what, failure.error_class, failure.error)
     else:
         log.warning(
-            "%s %s: %s; retry in %.1fs",
+            "%s %s: %s; retry in %.3gs",
             what,
             failure.error_class,
             failure.error,

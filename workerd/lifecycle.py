@@ -20,7 +20,10 @@ def first_claims(chunks: Iterable[ClaimedChunk]) -> None:
             counts[chunk.job_id] = counts.get(chunk.job_id, 0) + 1
     for job_id, n in counts.items():
         log.info(
-            "job %s first claim: %d chunks taken", job_id, n, extra={"job_id": job_id, "chunks": n}
+            "job %s first claim (chunks taken: %d)",
+            job_id,
+            n,
+            extra={"job_id": job_id, "chunks": n},
         )
 
 
