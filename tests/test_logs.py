@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import signal
 import subprocess
 import sys
 import uuid
@@ -20,6 +21,8 @@ import pytest
 from schema import logs
 from tests import processes
 from tests.support import submit
+from tests.test_cli import TEXT as LONG_TEXT
+from tests.test_cli import chunkq_up, cli_env, submit_and_finish
 
 REQUIRED = {"time", "level", "logger", "message", "pid"}
 CONTEXT = {"job_id", "chunk", "attempt", "worker_id"}
@@ -229,3 +232,47 @@ def test_gunicorn__refuses_to_start_with_a_bad_log_format(database_url: str) -> 
     )
     assert done.returncode != 0
     assert "CHUNKQ_LOG_FORMAT must be one of text, json, got 'xml'" in done.stderr
+
+
+# -- chunkq up ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_up_json__its_own_messages_and_its_childrens_are_json(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = cli_env(
+        DATABASE_URL=database_url,
+        CHUNKQ_PROVIDER="simulated",
+        CHUNKQ_HOME=str(tmp_path),
+        CHUNKQ_AUTH="off",
+        CHUNKQ_LOG_FORMAT="json",
+    )
+    banner: list[str] = []
+    with chunkq_up(env, "--workers", "1", "--web-workers", "1", banner=banner) as (up, base, log):
+        job = submit_and_finish(base, LONG_TEXT)
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+    assert "chunkq is up" in banner[0]  # the banner, for people, on stdout
+    lines = json_lines("".join(log))
+    loggers = {line["logger"] for line in lines}
+    assert {"chunkq", "gunicorn.error", "workerd", "workerd.jobs"} <= loggers, loggers
+    ours = [line["message"] for line in lines if line["logger"] == "chunkq"]
+    assert any(m.startswith("worker-1 started (pid") for m in ours) and "stopping" in ours
+    ends = [line for line in lines if line.get("status") == job["status"]]
+    assert [line["job_id"] for line in ends] == [job["job_id"]]
+
+
+def test_up__refuses_a_bad_log_format_before_starting_anything(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "chunkq", "up", "--port", "0"],
+        cwd=processes.ROOT,
+        env=cli_env(CHUNKQ_HOME=str(tmp_path), CHUNKQ_LOG_FORMAT="loud"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "CHUNKQ_LOG_FORMAT must be one of text, json, got 'loud'" in done.stderr
+    assert "started" not in done.stderr and not (tmp_path / "data").exists()
