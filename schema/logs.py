@@ -1,10 +1,10 @@
 """How the API and the workers log: readable text or one JSON object per line
 (``CHUNKQ_LOG_FORMAT``), with the job, chunk, attempt and worker a line is about.
 
-Both sides call ``configure`` (gunicorn through ``logging_dict``), so their lines look alike.
-The context comes from ``extra={...}`` at a call site, from ``bound`` (a contextvar, set
-around a chunk's attempt in the thread that runs it), and from ``set_process_fields`` (what
-holds for every line of the process, such as a worker's id).
+Both sides use ``configure`` or ``formatter`` (gunicorn: web/gunicorn_logging.py), so their
+lines look alike. The context comes from ``extra={...}`` at a call site, from ``bound`` (a
+contextvar, set around a chunk's attempt in the thread that runs it), and from
+``set_process_fields`` (what holds for every line of the process, such as a worker's id).
 """
 
 from __future__ import annotations
@@ -153,34 +153,6 @@ def configure(
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
     return fmt
-
-
-def logging_dict(fmt: str) -> dict[str, Any]:
-    """``configure`` as a ``logging.config.dictConfig`` mapping, for gunicorn's
-    ``logconfig_dict``: gunicorn's own loggers hand their records to the root's handler,
-    so its error log and the app's lines share one format. Levels of gunicorn's loggers are
-    left to gunicorn (``--log-level``)."""
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "filters": {"context": {"()": ContextFilter}},
-        "formatters": {
-            "chunkq": {"()": JsonFormatter if fmt == "json" else TextFormatter},
-        },
-        "handlers": {
-            "stderr": {
-                "class": "logging.StreamHandler",
-                "formatter": "chunkq",
-                "filters": ["context"],
-                "stream": "ext://sys.stderr",
-            },
-        },
-        "root": {"level": "INFO", "handlers": ["stderr"]},
-        "loggers": {
-            "gunicorn.error": {"handlers": [], "propagate": True},
-            "gunicorn.access": {"handlers": [], "propagate": True},
-        },
-    }
 
 
 def _plain(value: Any) -> Any:

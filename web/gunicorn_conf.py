@@ -8,7 +8,7 @@ reads WEB_CONCURRENCY for its worker count; everything else here is a deliberate
 
 import sys
 
-from schema.logs import log_format, logging_dict
+from schema.logs import log_format
 
 # gunicorn 23+ opens a control socket at one path per user; several servers on one machine
 # (scaled web processes, tests, `chunkq up` next to a compose stack) would fight over it.
@@ -32,9 +32,10 @@ keepalive = 5
 # chunking a 30 MB text) keeps its worker from reporting in meanwhile; leave it room.
 timeout = 120
 
-# gunicorn's own error log and the app's loggers share one handler and CHUNKQ_LOG_FORMAT's
-# format (schema.logs). A bad value stops the server here, before it binds or forks.
+# gunicorn's error log and the app's loggers in CHUNKQ_LOG_FORMAT (web/gunicorn_logging.py).
+# A bad value stops the server here, before it binds or forks.
+logger_class = "web.gunicorn_logging.Logger"
 try:
-    logconfig_dict = logging_dict(log_format())
+    log_format()
 except ValueError as _exc:
     sys.exit(f"gunicorn: {_exc}")
