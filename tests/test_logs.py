@@ -9,6 +9,7 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -89,6 +90,7 @@ def test_configure__adds_bound_and_process_fields_and_extra_wins() -> None:
     out = io.StringIO()
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
+    hooks = (sys.excepthook, threading.excepthook)
     job = uuid.uuid4()
     try:
         logs.configure("json", stream=out)
@@ -100,10 +102,33 @@ def test_configure__adds_bound_and_process_fields_and_extra_wins() -> None:
     finally:
         logs._process_fields.clear()
         root.handlers[:], root.level = saved
+        sys.excepthook, threading.excepthook = hooks
+        logging.captureWarnings(False)
     inside, own, outside = json_lines(out.getvalue())
     assert inside["job_id"] == str(job) and (inside["chunk"], inside["attempt"]) == (3, 2)
     assert own["chunk"] == 9
     assert outside["worker_id"] == "w-1" and "job_id" not in outside
+
+
+def test_configure_json__an_uncaught_exception_is_one_json_line() -> None:
+    code = (
+        "import threading; from schema import logs; logs.configure('json');"
+        "t = threading.Thread(target=lambda: 1 / 0, name='side'); t.start(); t.join();"
+        "raise ValueError('bad\\nthing')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=processes.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    side, main = json_lines(done.stderr)
+    assert side["message"] == "uncaught exception in thread side"
+    assert "ZeroDivisionError" in side["exc"] and side["level"] == "CRITICAL"
+    assert main["message"] == "uncaught exception" and "ValueError: bad\nthing" in main["exc"]
 
 
 def test_text_formatter__is_readable_with_the_context_after_the_message() -> None:
