@@ -118,19 +118,20 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     """The readable format, with the job, chunk and attempt a line is about as ``key=value``
-    after the message when it does not say them already. The worker's id is left out: the
-    pid in brackets tells the processes apart, and the worker's start line names its id."""
+    after the message (the job's id only when the message does not name it already). The
+    worker's id is left out: the pid in brackets tells the processes apart, and the worker's
+    start line names its id."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         text = super().formatMessage(record)
-        message = record.getMessage()
         shown = [
             f"{key}={value}"
             for key in ("job_id", "chunk", "attempt")
-            if (value := getattr(record, key, None)) is not None and f"{value}" not in message
+            if (value := getattr(record, key, None)) is not None
+            and not (key == "job_id" and f"{value}" in record.message)
         ]
         return f"{text} {' '.join(shown)}" if shown else text
 

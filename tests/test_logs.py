@@ -135,8 +135,8 @@ def test_text_formatter__is_readable_with_the_context_after_the_message() -> Non
     line = logs.TextFormatter().format(_record("lease lost", job_id="j1", chunk=4, worker_id="w"))
     assert "WARNING chunkq.test[" in line and line.endswith("lease lost job_id=j1 chunk=4")
     # What the message says already is not repeated.
-    line = logs.TextFormatter().format(_record("job j1 failed", job_id="j1", attempt=2))
-    assert line.endswith("job j1 failed attempt=2")
+    line = logs.TextFormatter().format(_record("job j1 failed 2 times", job_id="j1", attempt=2))
+    assert line.endswith("job j1 failed 2 times attempt=2")
     with pytest.raises(json.JSONDecodeError):
         json.loads(line)
 
