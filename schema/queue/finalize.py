@@ -123,7 +123,9 @@ def summary(conn: psycopg.Connection[Any], job_id: uuid.UUID, merge: Merge) -> s
             }
         )
     except Exception as exc:
-        log.warning("merging the results of job %s failed: %r", job_id, exc)
+        log.warning(
+            "merging the results of job %s failed: %r", job_id, exc, extra={"job_id": job_id}
+        )
         return jsonb_text(
             {
                 "error": f"the merge of the chunk results failed ({type(exc).__name__}: {exc});"
