@@ -4,6 +4,7 @@ with backoff, and stops them all on SIGINT/SIGTERM/SIGHUP within a grace period.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import signal
@@ -87,7 +88,10 @@ class Supervisor:
                 stable = now - child.started_at > STABLE_AFTER_S
                 child.failures = 1 if stable else child.failures + 1
                 delay = min(30.0, 0.5 * 2 ** (child.failures - 1))
-                say(f"{child.name} (pid {child.proc.pid}) {exit_text(code)}; restart in {delay}s")
+                say(
+                    f"{child.name} (pid {child.proc.pid}) {exit_text(code)}; restart in {delay}s",
+                    level=logging.WARNING,
+                )
                 # Whatever it left behind in its group (gunicorn's workers) must not linger.
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(child.proc.pid, signal.SIGTERM)
@@ -108,7 +112,7 @@ class Supervisor:
             self.wait(0.1)
         for proc in live:
             if proc.poll() is None:  # not yet reaped, so its pid is still its group's id
-                say(f"pid {proc.pid} did not stop in time; killing it")
+                say(f"pid {proc.pid} did not stop in time; killing it", level=logging.WARNING)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()

@@ -6,6 +6,7 @@ the supervisor, until SIGINT/SIGTERM stops them all.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ from errno import EADDRINUSE
 
 import httpx
 
-from chunkq.console import say
+from chunkq.console import log_as_json, say
 from chunkq.database import close_database, migrate, open_database, startup_errors
 from chunkq.exits import CommandError
 from chunkq.local_key import LocalKey, auth_enabled, ensure_key, key_path
@@ -32,6 +33,7 @@ def run_up(*, workers: int, concurrency: int, port: int, web_workers: int) -> in
     Exits 0 after a clean stop, 1 if startup fails, 2 for a bad setting or when the
     embedded PostgreSQL is not installed.
     """
+    from schema.logs import log_format
     from workerd.settings import Settings
 
     try:
@@ -40,6 +42,10 @@ def run_up(*, workers: int, concurrency: int, port: int, web_workers: int) -> in
         grace = settings.shutdown_grace_s
         metrics_ports = _metrics_ports(settings.metrics_port, workers)
         auth = auth_enabled()
+        # The children read CHUNKQ_LOG_FORMAT from the environment they inherit; our own
+        # messages follow it, the banner for people on stdout stays plain text.
+        if log_format() == "json":
+            log_as_json()
     except ValueError as exc:
         say(str(exc))
         return 2
@@ -89,7 +95,7 @@ def run_up(*, workers: int, concurrency: int, port: int, web_workers: int) -> in
         say(str(exc))
         return exc.code
     except startup_errors() as exc:
-        say(f"startup failed ({db.label if db else 'database'}): {exc}")
+        say(f"startup failed ({db.label if db else 'database'}): {exc}", level=logging.ERROR)
         return 1
     finally:
         sup.stop(max(grace, GUNICORN_GRACE_S) + STOP_MARGIN_S)
@@ -157,7 +163,10 @@ def _wait_ready(sup: Supervisor, gunicorn: Child, base: str) -> bool:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not sup.signals:
         if gunicorn.proc is not None and (code := gunicorn.proc.poll()) is not None:
-            say(f"the API server (gunicorn) {exit_text(code)} before answering; see its log above")
+            say(
+                f"the API server (gunicorn) {exit_text(code)} before answering; see its log above",
+                level=logging.ERROR,
+            )
             return False
         sup.tick()  # workers that die meanwhile are restarted as usual
         # Short timeout: our socket queues the request until gunicorn's first worker boots,
@@ -166,7 +175,10 @@ def _wait_ready(sup: Supervisor, gunicorn: Child, base: str) -> bool:
             if httpx.get(f"{base}/readyz", timeout=0.5).status_code == 200:
                 return True
         if time.monotonic() > deadline:
-            say(f"the API was not ready at {base}/readyz within {READY_TIMEOUT_S}s")
+            say(
+                f"the API was not ready at {base}/readyz within {READY_TIMEOUT_S}s",
+                level=logging.ERROR,
+            )
             return False
         sup.wait(0.1)
     return False

@@ -99,7 +99,12 @@ def _data(conn: psycopg.Connection[Any], job_id: uuid.UUID, status: str) -> RawJ
             return RawJSON(report)
         reason = "the job's report was not found"
     except Exception as exc:
-        log.warning("building the webhook report of job %s failed: %r", job_id, exc)
+        log.warning(
+            "building the webhook report of job %s failed: %r",
+            job_id,
+            exc,
+            extra={"job_id": job_id},
+        )
         reason = f"building the job's report failed ({type(exc).__name__}: {exc})"
     fallback = {"job_id": str(job_id), "status": status, "error": reason}
     return RawJSON(json.dumps(fallback))

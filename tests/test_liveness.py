@@ -78,7 +78,7 @@ def test_merge_that_raises_in_rescue__the_rescue_still_ends_the_job(
         requeued, failed, finalized = queue.rescue(
             db, queue.merge_with(explode), max_attempts=1, now=later
         )
-    assert (requeued, failed) == (0, 1) and finalized == {job_id: queue.JobStatus.FAILED}
+    assert (requeued, failed) == (0, 1) and finalized[job_id].status == queue.JobStatus.FAILED
     assert "no merge today" in job_row(db, job_id)["analysis_result"]["summary"]["error"]
 
 

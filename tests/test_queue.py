@@ -116,12 +116,24 @@ def test_rescue__reclaims_expired_lease_and_late_success_writes_nothing(
     late = record(db, "A", [Success(old, {"from": "A"})], now=12)
     assert late.applied == 0 and late.dropped == [old.key]
     done = record(other, "B", [Success(new, {"from": "B"})], now=13)
-    assert done.finalized == {job_id: queue.JobStatus.COMPLETED}
+    [created] = db.execute("SELECT created_at FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    took = pytest.approx((at(13) - created).total_seconds(), abs=1e-3)
+    assert done.finalized == {job_id: queue.Finalized(queue.JobStatus.COMPLETED, 1, 0, took)}
     row = chunk_rows(db, job_id)[0]
     assert row["result"] == {"from": "B"} and row["worker_id"] == "B"
     errors = db.execute("SELECT attempt, error_class, worker_id FROM chunk_attempts").fetchall()
     assert errors == [(1, "WorkerLost", "A")]
     assert_invariants(db)
+
+
+def test_claim__marks_the_chunks_of_the_jobs_it_started(db: psycopg.Connection[Any]) -> None:
+    first = submit(db, "one. two. three.", 5)
+    taken = claim(db, "A", limit=2)
+    assert [(c.job_id, c.started) for c in taken] == [(first, True), (first, True)]
+    second = submit(db, "four.", 100)
+    # The job already PROCESSING is not started again; the new one is, by this claim.
+    rest = claim(db, "B", limit=10)
+    assert {(c.job_id, c.started) for c in rest} == {(first, False), (second, True)}
 
 
 def test_heartbeat__keeps_the_lease(db: psycopg.Connection[Any]) -> None:
@@ -149,7 +161,9 @@ def test_rescue__fails_a_poison_pill_after_the_attempt_limit(db: psycopg.Connect
         with db.transaction():
             requeued, failed, finalized = queue.rescue(db, merge, max_attempts=3, now=at(t))
     assert (requeued, failed) == (0, 1)
-    assert finalized == {job_id: queue.JobStatus.PARTIAL_SUCCESS}
+    [(finalized_id, ended)] = finalized.items()
+    assert finalized_id == job_id and ended.status == queue.JobStatus.PARTIAL_SUCCESS
+    assert (ended.succeeded, ended.failed) == (1, 1)
     rows = chunk_rows(db, job_id)
     assert rows[0]["status"] == "failed" and queue.WORKER_LOST in rows[0]["error"]
     assert claim(db, "W4", now=t) == []
@@ -189,7 +203,8 @@ def test_record__fails_permanently_and_finalizes_failed(db: psycopg.Connection[A
     job_id = submit(db, "doomed", 100)
     [chunk] = claim(db, "A")
     done = record(db, "A", [Failure(chunk, "PermanentError", "rejected", retry_in=None)])
-    assert done.finalized == {job_id: queue.JobStatus.FAILED}
+    [ended] = done.finalized.values()
+    assert (ended.status, ended.succeeded, ended.failed) == (queue.JobStatus.FAILED, 0, 1)
     row = job_row(db, job_id)
     assert (row["chunks_failed"], row["chunks_completed"]) == (1, 0)
     assert row["analysis_result"]["chunks"] == [

@@ -59,6 +59,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Imported here, not at the top: gunicorn's master imports this package with its config
     # (web.gunicorn_conf), and psycopg must first be imported after gevent's patching.
     from schema.db import make_engine, resolve_url
+    from schema.logs import log_format
+
+    # gunicorn's config applies the format (web.gunicorn_conf); a bad value must stop any
+    # other server too, rather than leave the lines in a format nobody asked for.
+    log_format()
 
     app = Flask(__name__)
     app.config.update(DEFAULTS)

@@ -3,6 +3,8 @@ pages: ``web.listing``)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import uuid
 from typing import Any
 
@@ -19,6 +21,7 @@ from web.problems import ValidationFailed
 from web.validation import parse_submission
 
 bp = Blueprint("analyze", __name__, url_prefix="/v1/analyze")
+log = logging.getLogger(__name__)
 
 
 @bp.post("")
@@ -86,6 +89,19 @@ def submit() -> tuple[dict[str, Any], int, dict[str, str]]:
                 webhook_url=sub.webhook_url,
                 priority=sub.priority,
             )
+    if not earlier:  # after the commit: a job that exists, logged once
+        log.info(
+            "job %s accepted: %d chunks, %d chars",
+            job_id,
+            len(spans),
+            len(sub.raw_text),
+            extra={
+                "job_id": job_id,
+                "chunks": len(spans),
+                "size": len(sub.raw_text),
+                "tenant": tenant.id if current_app.config["AUTH"] else None,
+            },
+        )
     return body, 202, {"Location": body["status_url"]}
 
 
@@ -129,4 +145,26 @@ def cancel(job_id: str) -> Response:
         # In the same transaction: what the cancel left.
         body = report_json(conn, key, chunks=False)
     assert body is not None
+    _log_cancelled(key, body)
     return Response(body, mimetype="application/json", headers={"Location": f"/v1/analyze/{key}"})
+
+
+def _log_cancelled(job_id: uuid.UUID, body: str) -> None:
+    """The job's one lifecycle line for its cancel, with what it had done by then."""
+    report = json.loads(body)
+    total, completed = report["chunks_total"], report["chunks_completed"]
+    failed = report["chunks_failed"]
+    log.info(
+        "job %s cancelled: %d succeeded, %d failed, %d cancelled",
+        job_id,
+        completed,
+        failed,
+        total - completed - failed,
+        extra={
+            "job_id": job_id,
+            "status": "CANCELLED",
+            "succeeded": completed,
+            "failed": failed,
+            "cancelled": total - completed - failed,
+        },
+    )

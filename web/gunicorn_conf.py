@@ -6,6 +6,10 @@ gunicorn binds to ``0.0.0.0:$PORT`` by itself when PORT is set (Heroku-style pla
 reads WEB_CONCURRENCY for its worker count; everything else here is a deliberate choice.
 """
 
+import sys
+
+from schema.logs import log_format
+
 # gunicorn 23+ opens a control socket at one path per user; several servers on one machine
 # (scaled web processes, tests, `chunkq up` next to a compose stack) would fight over it.
 control_socket_disable = True
@@ -27,3 +31,11 @@ keepalive = 5
 # The master kills a worker silent this long. A request that holds the CPU (parsing and
 # chunking a 30 MB text) keeps its worker from reporting in meanwhile; leave it room.
 timeout = 120
+
+# gunicorn's error log and the app's loggers in CHUNKQ_LOG_FORMAT (web/gunicorn_logging.py).
+# A bad value stops the server here, before it binds or forks.
+logger_class = "web.gunicorn_logging.Logger"
+try:
+    log_format()
+except ValueError as _exc:
+    sys.exit(f"gunicorn: {_exc}")

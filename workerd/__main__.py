@@ -23,6 +23,7 @@ def _note_signal(signum: int, _frame: FrameType | None) -> None:
 signal.signal(signal.SIGTERM, _note_signal)
 signal.signal(signal.SIGINT, _note_signal)
 
+from schema import logs  # noqa: E402
 from schema.db import resolve_url  # noqa: E402
 from schema.errors import DatabaseUrlMissing  # noqa: E402
 from workerd import loop  # noqa: E402
@@ -50,11 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s",
-    )
     try:
+        logs.configure(level=args.log_level)
         settings = Settings.from_env()
         if args.metrics_port is not None:
             settings = dataclasses.replace(settings, metrics_port=args.metrics_port)
@@ -88,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("serving metrics on http://%s/metrics", where)
     work, listen = connectors(settings, url)
     worker = Worker(settings, provider, work, concurrency=args.concurrency, metrics=metrics)
+    logs.set_process_fields(worker_id=worker.worker_id)
 
     on_signal = stop_on_signals(worker)
     signal.signal(signal.SIGTERM, on_signal)

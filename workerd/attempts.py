@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from schema import logs
 from schema.queue import ClaimedChunk, Failure, Success, jsonb_text
 from schema.queue.reductions import ClaimedReduction
 from workerd.metrics import Metrics
@@ -65,22 +66,24 @@ class Attempts:
         success is kept in the result cache under the chunk's key (when the cache is on)."""
         call = call or self.new_call(chunk.parts)
         started = self._monotonic()
-        try:
-            result = self.provider.analyze(chunk.text, call)
-            encoded = encode(result)
-        except Exception as exc:
-            self._metrics.call("chunk", self._monotonic() - started, exc)
-            if not isinstance(exc, ProviderError):
-                log.warning("provider raised %s on chunk %s/%s", type(exc).__name__, *chunk.key)
-            return Failure(
-                chunk,
-                type(exc).__name__,
-                # PostgreSQL text cannot hold NUL; a server's error body may.
-                (str(exc) or type(exc).__name__).replace("\x00", "\\x00"),
-                self.retry_in(chunk.attempt, exc),
-                unavailable=getattr(exc, "unavailable", False),
-                parts=_pieces(call),
-            )
+        # Every line logged during the attempt (the provider's too) says which it is about.
+        with logs.bound(job_id=chunk.job_id, chunk=chunk.seq, attempt=chunk.attempt):
+            try:
+                result = self.provider.analyze(chunk.text, call)
+                encoded = encode(result)
+            except Exception as exc:
+                self._metrics.call("chunk", self._monotonic() - started, exc)
+                failure = Failure(
+                    chunk,
+                    type(exc).__name__,
+                    # PostgreSQL text cannot hold NUL; a server's error body may.
+                    (str(exc) or type(exc).__name__).replace("\x00", "\\x00"),
+                    self.retry_in(chunk.attempt, exc),
+                    unavailable=getattr(exc, "unavailable", False),
+                    parts=_pieces(call),
+                )
+                _log_failure(failure, unexpected=not isinstance(exc, ProviderError))
+                return failure
         self._metrics.call("chunk", self._monotonic() - started)
         self._metrics.used(result.get("usage"))
         return Success(
@@ -91,17 +94,18 @@ class Attempts:
         """Run the provider's reduce step on a job's ordered analyses; never raises."""
         call = call or self.new_call(None)
         started = self._monotonic()
-        try:
-            result = self.provider.reduce(reduction.analyses, call)  # type: ignore[attr-defined]
-            encode(result)
-        except Exception as exc:
-            self._metrics.call("reduce", self._monotonic() - started, exc)
-            return ReduceOutcome(
-                reduction,
-                error=f"{type(exc).__name__}: {exc}",
-                retry_in=self.retry_in(reduction.attempt, exc),
-                unavailable=getattr(exc, "unavailable", False),
-            )
+        with logs.bound(job_id=reduction.job_id, attempt=reduction.attempt):
+            try:
+                result = self.provider.reduce(reduction.analyses, call)  # type: ignore[attr-defined]
+                encode(result)
+            except Exception as exc:
+                self._metrics.call("reduce", self._monotonic() - started, exc)
+                return ReduceOutcome(
+                    reduction,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in=self.retry_in(reduction.attempt, exc),
+                    unavailable=getattr(exc, "unavailable", False),
+                )
         self._metrics.call("reduce", self._monotonic() - started)
         self._metrics.used(result.get("usage"))
         return ReduceOutcome(reduction, result=result)
@@ -173,6 +177,13 @@ def label(key: Key) -> str:
     return f"reduce of job {key}" if isinstance(key, uuid.UUID) else f"chunk {key[0]}/{key[1]}"
 
 
+def fields(key: Key) -> dict[str, Any]:
+    """``key`` as a log line's context fields (``schema.logs``)."""
+    if isinstance(key, uuid.UUID):
+        return {"job_id": key}
+    return {"job_id": key[0], "chunk": key[1]}
+
+
 def encode(result: Any) -> str:
     """Serialise a provider's result for the database, refusing what jsonb cannot hold: a
     non-object, NaN or infinity, or a NUL character. A bad result is the provider's failure,
@@ -183,6 +194,22 @@ def encode(result: Any) -> str:
         return jsonb_text(result)
     except (TypeError, ValueError) as exc:
         raise PermanentError(f"provider returned a result that jsonb cannot hold: {exc}") from exc
+
+
+def _log_failure(failure: Failure, *, unexpected: bool) -> None:
+    """One warning per failed attempt of a chunk: retried (and when) or failed for good.
+    ``unexpected``: the provider raised something that is not a ProviderError (a bug)."""
+    what = "provider raised" if unexpected else "attempt failed:"
+    if failure.retry_in is None:
+        log.warning("%s %s: %s; chunk failed for good", what, failure.error_class, failure.error)
+    else:
+        log.warning(
+            "%s %s: %s; retry in %.3gs",
+            what,
+            failure.error_class,
+            failure.error,
+            failure.retry_in,
+        )
 
 
 def _pieces(call: Call) -> list[dict[str, Any]] | None:

@@ -13,7 +13,8 @@ import psycopg
 
 from schema import queue
 from schema.queue import reductions
-from workerd.attempts import key_of, label
+from workerd import lifecycle
+from workerd.attempts import fields, key_of, label
 from workerd.database import Database, DatabaseDown
 from workerd.inflight import InFlight
 from workerd.metrics import Metrics
@@ -78,7 +79,11 @@ class Leases:
             self._replace_stuck()
             self._inflight.forget(key)
             step.aborted += 1
-            log.warning("lease of %s lost (cancelled or rescued); attempt aborted", label(key))
+            log.warning(
+                "lease of %s lost (cancelled or rescued); attempt aborted",
+                label(key),
+                extra=fields(key),
+            )
 
     def rescue(self, step: Step) -> None:
         """Take back chunks of lost workers. A rescue that fails is logged and tried again at
@@ -109,7 +114,8 @@ class Leases:
             )
         step.rescued += requeued + failed
         self._metrics.rescues.inc(requeued + failed)
-        step.finalized.update({k: v.value for k, v in finalized.items()})
+        step.finalized.update({k: v.status.value for k, v in finalized.items()})
+        lifecycle.finalized(finalized)
 
     def hand_back(self) -> int:
         """Return everything still in flight to the queue without counting the attempt."""

@@ -17,7 +17,8 @@ import psycopg
 
 from schema import queue
 from schema.queue import Success, reductions
-from workerd.attempts import Attempts, Key, Outcome, ReduceOutcome, key_of, label
+from workerd import lifecycle
+from workerd.attempts import Attempts, Key, Outcome, ReduceOutcome, fields, key_of, label
 from workerd.circuit import Circuit
 from workerd.database import Database, DatabaseDown
 from workerd.metrics import Metrics
@@ -183,13 +184,14 @@ class Recorder:
                 forget(key)
         self._settled.clear()
         for key in recorded.dropped:
-            log.warning("lease lost before recording chunk %s/%s; result dropped", *key)
+            log.warning(
+                "lease lost before recording %s; result dropped", label(key), extra=fields(key)
+            )
         step.recorded += recorded.applied
         step.dropped += len(recorded.dropped)
         step.deferred += len(deferred)
-        step.finalized.update({k: v.value for k, v in recorded.finalized.items()})
-        for job_id, status in recorded.finalized.items():
-            log.info("job %s finalized: %s", job_id, status.value)
+        step.finalized.update({k: v.status.value for k, v in recorded.finalized.items()})
+        lifecycle.finalized(recorded.finalized)
 
     def wait_s(self, now: float) -> float:
         """How long the loop may sleep before this recorder has work: the open batch's
@@ -252,7 +254,7 @@ class Recorder:
         is over either way); if even that fails, it is given up here and its lease expires,
         so the rescuer takes the chunk back."""
         applied, dropped, deferred = 0, [], []
-        finalized: dict[uuid.UUID, Any] = {}
+        finalized: dict[uuid.UUID, queue.Finalized] = {}
         waiting: list[ReduceOutcome] = []
         for outcome in outcomes:
             try:
@@ -260,7 +262,12 @@ class Recorder:
             except DatabaseDown:
                 raise
             except Exception as exc:
-                log.warning("could not record %s: %r", label(key_of(outcome)), exc)
+                log.warning(
+                    "could not record %s: %r",
+                    label(key_of(outcome)),
+                    exc,
+                    extra=fields(key_of(outcome)),
+                )
                 try:
                     recorded, held = self._write_alone(
                         [self._attempts.unrecordable(outcome, exc)], probes

@@ -23,7 +23,8 @@ import psycopg
 
 from schema import queue
 from schema.queue import ClaimedChunk, Success, reductions
-from workerd.attempts import Attempts, Outcome, key_of, label
+from workerd import lifecycle
+from workerd.attempts import Attempts, Outcome, fields, key_of, label
 from workerd.cache import ResultCache
 from workerd.circuit import Circuit
 from workerd.database import Database, DatabaseDown
@@ -247,6 +248,7 @@ class Worker:
         self._capped = (
             self.settings.provider_concurrency is not None and len(claimed.chunks) < claimed.limit
         )
+        lifecycle.first_claims(claimed.chunks)
         answered = {hit.chunk.key: hit for hit in claimed.hits}
         if claimed.chunks:
             self.metrics.claims.labels("chunk").inc(len(claimed.chunks))
@@ -304,7 +306,9 @@ class Worker:
             call.abort("deadline")
             self._replace_stuck()
             outcome = self._attempts.timed_out(self._inflight.claimed(key), call)
-            log.warning("attempt at %s timed out; its slot is free again", label(key))
+            log.warning(
+                "attempt at %s timed out; its slot is free again", label(key), extra=fields(key)
+            )
             self._recorder.unrecorded.append(outcome)
             step.timed_out += 1
 

@@ -32,6 +32,7 @@ from schema.queue.finalize import finalize, summary
 from schema.queue.outcomes import (
     ClaimedChunk,
     Failure,
+    Finalized,
     Merge,
     Recorded,
     Success,
@@ -65,6 +66,7 @@ __all__ = [
     "ChunkStatus",
     "ClaimedChunk",
     "Failure",
+    "Finalized",
     "JobStatus",
     "Merge",
     "Recorded",

@@ -77,9 +77,11 @@ WITH RECURSIVE lanes AS (
     WHERE id IN (SELECT id FROM jobs
                  WHERE id = ANY(ARRAY(SELECT DISTINCT job_id FROM claimed))
                    AND status = 'PENDING' FOR UPDATE SKIP LOCKED)
+    RETURNING id
 )
+-- The last column: this claim started the chunk's job (its first claim, for the log).
 SELECT c.job_id, c.seq, c.attempts, c.start_offset, c.end_offset, c.text, c.parts, c.lane,
-       k.scope, k.key, r.result::text
+       k.scope, k.key, r.result::text, c.job_id = ANY(ARRAY(SELECT id FROM started))
 FROM claimed c
 CROSS JOIN LATERAL (
     SELECT CASE WHEN %(shared)s THEN '{SHARED}' ELSE c.lane END AS scope,
@@ -111,7 +113,7 @@ def claim(
     workers claim at once without waiting on each other or taking the same row; the
     partial indexes keep every part an index scan however many finished rows the table
     holds. The job moves PENDING -> PROCESSING in the same statement, so a client never
-    sees a running chunk under a PENDING job.
+    sees a running chunk under a PENDING job; the chunks of a job it moved say ``started``.
 
     ``cap`` bounds the provider calls running across every worker, chunks and reductions
     (CHUNKQ_PROVIDER_CONCURRENCY); see ``running_calls``. ``skip_jobs`` are jobs whose row
@@ -128,9 +130,15 @@ def claim(
             worker_id, limit, lease_s=lease_s, now=now, skip_jobs=skip_jobs, cache=cache
         )
     ).fetchall()
-    if cache is None:  # the key and lookup columns are NULL
-        return [ClaimedChunk(*row[:8]) for row in rows]
+    if cache is None:  # the key and lookup columns mean nothing
+        return [_uncached(*row) for row in rows]
     return [ClaimedChunk(*row) for row in rows]
+
+
+def _uncached(*row: Any) -> ClaimedChunk:
+    """A claimed row as a chunk when the result cache is off: no scope, key or answer."""
+    job_id, seq, attempt, start, end, text, parts, lane, _scope, _key, _found, started = row
+    return ClaimedChunk(job_id, seq, attempt, start, end, text, parts, lane, started=started)
 
 
 def claim_statement(

@@ -17,7 +17,7 @@ import psycopg
 
 from schema import webhooks
 from schema.queue import reductions
-from schema.queue.outcomes import Merge
+from schema.queue.outcomes import Finalized, Merge
 from schema.queue.sql import NOW, jsonb_text
 from schema.states import JobStatus
 
@@ -31,15 +31,16 @@ def finalize(
     *,
     now: datetime | None = None,
     reduces: bool = True,
-) -> JobStatus | None:
+) -> Finalized | None:
     """Merge a job's chunk results into its summary and move it to its terminal status.
 
     Locks the job row (FOR UPDATE) and acts only if every chunk is final and the job is not
     terminal yet, so however many transactions race here, exactly one finalizes. Returns
-    the new status, or None when there was nothing to do. A job that asked for the reduce
-    step gets it queued here, unless the provider has none (``reduces``). A merge that
-    fails ends the job all the same (see ``summary``). The job's webhook event, if it has a
-    webhook, is written to the outbox in this same transaction.
+    the new status with the job's counts and duration, or None when there was nothing to
+    do. A job that asked for the reduce step gets it queued here, unless the provider has
+    none (``reduces``). A merge that fails ends the job all the same (see ``summary``). The
+    job's webhook event, if it has a webhook, is written to the outbox in this same
+    transaction.
     """
     row = conn.execute(
         "SELECT status, chunks_total, chunks_completed, chunks_failed, options FROM jobs"
@@ -65,12 +66,13 @@ def finalize(
             extra["reduce"] = reductions.schedule(conn, job_id, now=now)
         else:
             extra["reduce"] = {"status": "skipped", "reason": "no chunk succeeded"}
-    conn.execute(
+    ended = conn.execute(
         f"""UPDATE jobs SET status = %(status)s,
                             analysis_result = jsonb_build_object('summary', %(summary)s::jsonb)
                                               || %(extra)s::jsonb,
                             finished_at = {NOW}, updated_at = {NOW}
-            WHERE id = %(id)s""",
+            WHERE id = %(id)s
+            RETURNING extract(epoch FROM finished_at - created_at)::float8""",
         {
             "status": new_status.value,
             "summary": summary(conn, job_id, merge),
@@ -78,9 +80,9 @@ def finalize(
             "id": job_id,
             "now": now,
         },
-    )
+    ).fetchone()
     webhooks.add_event(conn, job_id, now=now)
-    return new_status
+    return Finalized(new_status, completed, failed, ended[0] if ended else 0.0)
 
 
 def summary(conn: psycopg.Connection[Any], job_id: uuid.UUID, merge: Merge) -> str:
@@ -121,7 +123,9 @@ def summary(conn: psycopg.Connection[Any], job_id: uuid.UUID, merge: Merge) -> s
             }
         )
     except Exception as exc:
-        log.warning("merging the results of job %s failed: %r", job_id, exc)
+        log.warning(
+            "merging the results of job %s failed: %r", job_id, exc, extra={"job_id": job_id}
+        )
         return jsonb_text(
             {
                 "error": f"the merge of the chunk results failed ({type(exc).__name__}: {exc});"

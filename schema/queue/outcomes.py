@@ -40,6 +40,8 @@ class ClaimedChunk:
     cache_scope: str | None = None
     cache_key: bytes | None = None
     cached: str | None = None
+    # This claim moved the chunk's job PENDING -> PROCESSING: the job's first claim.
+    started: bool = False
 
     @property
     def key(self) -> tuple[uuid.UUID, int]:
@@ -78,12 +80,23 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True)
+class Finalized:
+    """A job that ``finalize`` moved to its terminal status: what its lifecycle's last log
+    line says (its chunks' counts, and the time from its submit to now)."""
+
+    status: JobStatus
+    succeeded: int
+    failed: int
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class Recorded:
     """What one ``record`` transaction did."""
 
     applied: int
     dropped: list[tuple[uuid.UUID, int]]
-    finalized: dict[uuid.UUID, JobStatus]
+    finalized: dict[uuid.UUID, Finalized]
     # Outcomes not written because another transaction holds their job's row: still ours
     # (the lease is untouched), to be recorded by a later transaction.
     deferred: list[tuple[uuid.UUID, int]] = field(default_factory=list)

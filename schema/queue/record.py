@@ -12,9 +12,8 @@ from typing import Any
 import psycopg
 
 from schema.queue.finalize import finalize
-from schema.queue.outcomes import Failure, Merge, Recorded, Success
+from schema.queue.outcomes import Failure, Finalized, Merge, Recorded, Success
 from schema.queue.sql import COUNTED_JOBS, FENCED, FENCED_KEYS, NOTIFY_CHANNEL, NOW, key_columns
-from schema.states import JobStatus
 
 # A success that did not come from the cache and has a cache key (scope, key) is stored in
 # the result cache in the same statement; an entry someone stored first is kept. Keys go in
@@ -198,11 +197,11 @@ def record(
     if notify and applied:
         conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
     dropped = [o.chunk.key for o in outcomes if o.chunk.key not in applied]
-    finalized: dict[uuid.UUID, JobStatus] = {}
+    finalized: dict[uuid.UUID, Finalized] = {}
     for job_id in sorted({job_id for job_id, _, all_final in rows if all_final}):
-        status = finalize(conn, job_id, merge, now=now, reduces=reduces)
-        if status is not None:
-            finalized[job_id] = status
+        ended = finalize(conn, job_id, merge, now=now, reduces=reduces)
+        if ended is not None:
+            finalized[job_id] = ended
     return Recorded(len(applied), dropped, finalized, deferred)
 
 

@@ -10,10 +10,10 @@ from typing import Any
 import psycopg
 
 from schema.queue.finalize import finalize
-from schema.queue.outcomes import Merge
+from schema.queue.outcomes import Finalized, Merge
 from schema.queue.record import held_jobs
 from schema.queue.sql import NOTIFY_CHANNEL, NOW, RESCUE_LOCK_KEY
-from schema.states import ChunkStatus, JobStatus
+from schema.states import ChunkStatus
 
 _BACKOFF = """(least(%(backoff_max)s::float8,
                      %(backoff_base)s::float8 * power(2, greatest(c.attempts, 1) - 1))
@@ -62,7 +62,7 @@ def rescue(
     now: datetime | None = None,
     limit: int = 100,
     reduces: bool = True,
-) -> tuple[int, int, dict[uuid.UUID, JobStatus]]:
+) -> tuple[int, int, dict[uuid.UUID, Finalized]]:
     """Take back chunks whose owner stopped heartbeating: pending again after the retry
     backoff, or failed when the lost attempt was the last (a chunk that keeps killing its
     workers is not retried forever, nor handed to the whole fleet at once).
@@ -101,11 +101,11 @@ def rescue(
         },
     ).fetchall()
     requeued = sum(1 for _, status, _ in rows if status == ChunkStatus.PENDING)
-    finalized: dict[uuid.UUID, JobStatus] = {}
+    finalized: dict[uuid.UUID, Finalized] = {}
     for job_id in sorted({job_id for job_id, _, all_final in rows if all_final}):
-        status = finalize(conn, job_id, merge, now=now, reduces=reduces)
-        if status is not None:
-            finalized[job_id] = status
+        ended = finalize(conn, job_id, merge, now=now, reduces=reduces)
+        if ended is not None:
+            finalized[job_id] = ended
     if requeued:
         conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
     return requeued, len(rows) - requeued, finalized

@@ -187,7 +187,7 @@ class OpenAIProvider:
         # The first chunk split_text would make at half the size: the best boundary between
         # a quarter and a half of the text.
         cut = split_text(text, math.ceil(len(text) / 2))[0][1]
-        log.info("%d chars overflow the model's context; splitting at %d", len(text), cut)
+        log.debug("%d chars overflow the model's context; splitting at %d", len(text), cut)
         return self._pieces(text[:cut], offset, depth + 1, done, call) + self._pieces(
             text[cut:], offset + cut, depth + 1, done, call
         )
@@ -226,7 +226,7 @@ class OpenAIProvider:
         try:
             return self._complete(user_content, call, retry=False)
         except BadReply as first:
-            log.info("reply failed the schema (%s); asking once more", first.reason)
+            log.debug("reply failed the schema (%s); asking once more", first.reason)
             try:
                 return self._complete(user_content, call, retry=True)
             except BadReply as second:
