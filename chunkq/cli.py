@@ -210,17 +210,8 @@ def _poll_interval(ctx: click.Context, param: click.Parameter, value: float) -> 
     return value
 
 
-def _follow_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The options ``submit`` and ``status`` share: which server, with which key, whether to
-    follow, and what to print."""
-    command = click.option(
-        "--interval",
-        type=float,
-        default=0.5,
-        metavar="S",
-        callback=_poll_interval,
-        help="Seconds between polls (0.05 to 3600).",
-    )(command)
+def _server_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of every command that talks to the API: which server, with which key."""
     command = click.option(
         "--url",
         default="http://127.0.0.1:8000",
@@ -237,6 +228,21 @@ def _follow_options(command: Callable[..., Any]) -> Callable[..., Any]:
         help="The API key to send (Authorization: Bearer). Unset, against a server on this"
         " machine: the key `chunkq up` keeps in $CHUNKQ_HOME/api_key, if there is one.",
     )(command)
+    return command
+
+
+def _follow_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options ``submit`` and ``status`` share: which server, with which key, whether to
+    follow, and what to print."""
+    command = click.option(
+        "--interval",
+        type=float,
+        default=0.5,
+        metavar="S",
+        callback=_poll_interval,
+        help="Seconds between polls (0.05 to 3600).",
+    )(command)
+    command = _server_options(command)
     command = click.option(
         "--summary",
         is_flag=True,
@@ -244,8 +250,17 @@ def _follow_options(command: Callable[..., Any]) -> Callable[..., Any]:
         " analysis_result.summary; when the job has a reduce step, print"
         ' {"summary": ..., "reduce": ...} once the reduce has finished too.',
     )(command)
+    command = click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="With --wait, end with the final JSON even when stdout is a terminal.",
+    )(command)
     return click.option(
-        "--wait", is_flag=True, help="Follow the job to the end, then print its final JSON."
+        "--wait",
+        is_flag=True,
+        help="Follow the job to the end (its reduce step too), then print its final JSON;"
+        " on a terminal, a short summary for people instead (unless --json).",
     )(command)
 
 
@@ -257,6 +272,7 @@ def submit(
     file: str,
     max_chunk_chars: int,
     wait: bool,
+    as_json: bool,
     summary: bool,
     api_key: str | None,
     url: str,
@@ -264,9 +280,11 @@ def submit(
 ) -> int:
     """Submit a text for analysis.
 
-    FILE is a UTF-8 text file, or - for stdin. Prints the accepted job as JSON; with --wait,
-    shows progress on stderr and prints the final report; with --summary, waits the same
-    way and prints only the summary.
+    FILE is a UTF-8 text file, or - for stdin. Prints the accepted job as JSON. With --wait,
+    shows the job's id and progress on stderr until the job (and its reduce step, if any)
+    has ended, then prints the final report as JSON when stdout is a pipe or a file, or a
+    short summary for people when stdout is a terminal (--json: the JSON there too). With
+    --summary, waits the same way and prints only the summary, as JSON.
     """
     from chunkq.client import submit_file
 
@@ -278,6 +296,7 @@ def submit(
         interval=interval,
         api_key=api_key,
         summary=summary,
+        as_json=as_json,
     )
 
 
@@ -285,14 +304,30 @@ def submit(
 @click.argument("job_id", metavar="JOB_ID")
 @_follow_options
 def status(
-    job_id: str, wait: bool, summary: bool, api_key: str | None, url: str, interval: float
+    job_id: str,
+    wait: bool,
+    as_json: bool,
+    summary: bool,
+    api_key: str | None,
+    url: str,
+    interval: float,
 ) -> int:
-    """Show a job's report as JSON (with --wait: follow it to the end; with --summary:
-    follow it, then print only its summary)."""
+    """Show a job's report as JSON.
+
+    With --wait, follow it to the end as submit --wait does, and end the same way: the JSON
+    on a pipe, a short summary on a terminal (--json: the JSON there too). With --summary,
+    follow it, then print only its summary.
+    """
     from chunkq.client import show_status
 
     return show_status(
-        job_id, url=url, wait=wait, interval=interval, api_key=api_key, summary=summary
+        job_id,
+        url=url,
+        wait=wait,
+        interval=interval,
+        api_key=api_key,
+        summary=summary,
+        as_json=as_json,
     )
 
 

@@ -323,13 +323,23 @@ def test_submit_and_status__defaults_and_url_from_the_environment(
     assert invoke("status", "J", "--summary", CHUNKQ_API_KEY="cq_env").exit_code == 4
     assert invoke("submit", "-", "--api-key", "cq_flag", CHUNKQ_API_KEY="cq_env").exit_code == 3
     local, follow = "http://127.0.0.1:8000", {"wait": True, "interval": 0.1}
-    plain = {"api_key": None, "summary": False}
+    plain = {"api_key": None, "summary": False, "as_json": False}
     assert calls == [
         ("-", {"url": local, "max_chunk_chars": 2000, "wait": False, "interval": 0.5, **plain}),
         ("t.txt", {"url": "http://h:1", "max_chunk_chars": 300, **follow, **plain}),
         ("J", {"url": local, "wait": False, "interval": 0.5, **plain}),
         ("J", {"url": "http://x:2", "wait": True, "interval": 0.5, **plain}),
-        ("J", {"url": local, "wait": False, "interval": 0.5, "api_key": "cq_env", "summary": True}),
+        (
+            "J",
+            {
+                "url": local,
+                "wait": False,
+                "interval": 0.5,
+                **plain,
+                "api_key": "cq_env",
+                "summary": True,
+            },
+        ),
         (
             "-",
             {
@@ -339,6 +349,7 @@ def test_submit_and_status__defaults_and_url_from_the_environment(
                 "interval": 0.5,
                 "api_key": "cq_flag",
                 "summary": False,
+                "as_json": False,
             },
         ),
     ]
