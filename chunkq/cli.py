@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from chunkq.console import say
-from chunkq.exits import EXIT_HELP, EXIT_INTERRUPTED, EXIT_PIPE_CLOSED
+from chunkq.exits import EXIT_HELP, EXIT_INTERRUPTED, EXIT_PIPE_CLOSED, JOBS_EXIT_HELP
 
 # "\b" keeps click from rewrapping the table into one paragraph.
 EPILOG = "\b\n" + EXIT_HELP
@@ -327,6 +327,88 @@ def status(
         interval=interval,
         api_key=api_key,
         summary=summary,
+        as_json=as_json,
+    )
+
+
+JOB_STATUSES = ("PENDING", "PROCESSING", "COMPLETED", "PARTIAL_SUCCESS", "FAILED", "CANCELLED")
+JOBS_EPILOG = "\b\n" + JOBS_EXIT_HELP
+
+
+def _statuses(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
+    """``--status``: job statuses, repeated or separated by commas, in any case."""
+    wanted: list[str] = []
+    for value in values:
+        for name in value.split(","):
+            name = name.strip().upper()
+            if name not in JOB_STATUSES:
+                raise click.BadParameter(
+                    f"{name or 'an empty status'!r} is not one of {', '.join(JOB_STATUSES)}"
+                )
+            if name not in wanted:
+                wanted.append(name)
+    return wanted
+
+
+def _metadata(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
+    """``--metadata KEY=VALUE``, repeated: every pair must match."""
+    pairs: dict[str, str] = {}
+    for value in values:
+        key, equals, wanted = value.partition("=")
+        if not equals or not key:
+            raise click.BadParameter(f"not KEY=VALUE: {value!r}")
+        pairs[key] = wanted
+    return pairs
+
+
+@cli.command(
+    short_help="List your jobs, newest first (--status, --limit, --json).", epilog=JOBS_EPILOG
+)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    callback=_statuses,
+    metavar="STATUS[,STATUS]",
+    help="Only jobs with this status; repeat the option or separate statuses by commas.",
+)
+@click.option(
+    "--metadata",
+    multiple=True,
+    callback=_metadata,
+    metavar="KEY=VALUE",
+    help="Only jobs whose metadata has KEY set to VALUE; repeat for several (all must match).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=20,
+    metavar="N",
+    help="The most jobs to list (beyond one page of 100, the next pages are fetched too).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs' reports as one JSON array.")
+@_server_options
+def jobs(
+    statuses: list[str],
+    metadata: dict[str, str],
+    limit: int,
+    as_json: bool,
+    api_key: str | None,
+    url: str,
+) -> int:
+    """List your jobs (those of the API key sent), newest first, as a table: id, status,
+    progress, chunks, failed, age and metadata. With --json, their reports as one JSON
+    array, newest first."""
+    from chunkq.jobs import list_jobs
+
+    return list_jobs(
+        url=url,
+        api_key=api_key,
+        statuses=statuses,
+        metadata=metadata,
+        limit=limit,
         as_json=as_json,
     )
 

@@ -1,5 +1,5 @@
 """The command line for people: ``--wait``'s summary on a terminal and its JSON on a pipe,
-a server outage said once, and a wait that lasts through the reduce step.
+``chunkq jobs``, a server outage said once, and a wait that lasts through the reduce step.
 
 Terminals are real pseudo-terminals and the client a real ``python -m chunkq`` process,
 against a real gunicorn, real workers and a real PostgreSQL."""
@@ -21,16 +21,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from chunkq.jobs import age, table
 from chunkq.report import describe
 from tests import processes
 from tests.processes import ROOT, gunicorn, gunicorn_process, wait_for
-from tests.test_cli import TEXT, chunkq, cli_env, drain, finished_job, stop_tree
+from tests.test_cli import TEXT, chunkq, cli_env, drain, finished_job, invoke, stop_tree
 
 JOB = "0f0e0d0c-0b0a-4908-8706-050403020100"
 
@@ -184,6 +186,113 @@ def test_submit_wait__json_on_a_terminal_prints_the_report(
     # The control: the same on a terminal without --json is the summary, not JSON.
     code, shown, _ = on_terminal("status", report["job_id"], "--wait", *args, stderr_too=False)
     assert code == 0 and shown.startswith(f"job       {report['job_id']}\n"), shown
+
+
+# -- chunkq jobs -------------------------------------------------------------------------
+
+
+def listed(*args: str, **env: str) -> list[dict[str, Any]]:
+    done = invoke("jobs", "--json", *args, **env)
+    assert done.exit_code == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+@pytest.mark.slow
+def test_jobs__lists_newest_first_filters_and_shows_a_table(api: str) -> None:
+    # No worker: the jobs stay PENDING, but for the one cancelled.
+    first = post(api, "the first text", metadata={"doc": "a"})
+    second = post(api, "the second text", metadata={"doc": "b", "team": "x" * 60})
+    third = post(api, "the third text. " * 30, max_chunk_chars=100)
+    assert httpx.post(f"{api}/v1/analyze/{second}/cancel", timeout=10).status_code == 200
+
+    every = listed("--url", api)
+    assert [job["job_id"] for job in every] == [third, second, first]
+    assert all("analysis_result" not in job for job in every)
+    assert [job["job_id"] for job in listed("--url", api, "--status", "cancelled")] == [second]
+    for statuses in (
+        ("--status", "PENDING,CANCELLED"),
+        ("--status", "pending", "--status", "CANCELLED"),
+    ):
+        assert [job["job_id"] for job in listed("--url", api, *statuses)] == [third, second, first]
+    assert [job["job_id"] for job in listed("--url", api, "--status", "COMPLETED")] == []
+    assert [job["job_id"] for job in listed("--url", api, "--metadata", "doc=a")] == [first]
+    assert [job["job_id"] for job in listed("--url", api, "--limit", "2")] == [third, second]
+
+    shown = invoke("jobs", CHUNKQ_URL=api)
+    assert shown.exit_code == 0, shown.stderr
+    header, *rows = shown.stdout.splitlines()
+    assert header.split() == ["ID", "STATUS", "PROGRESS", "CHUNKS", "FAILED", "AGE", "METADATA"]
+    assert [row.split()[:2] for row in rows] == [
+        [third, "PENDING"],
+        [second, "CANCELLED"],
+        [first, "PENDING"],
+    ]
+    assert rows[0].split()[2:6] == ["0%", f"0/{every[0]['chunks_total']}", "0", rows[0].split()[5]]
+    assert re.fullmatch(r"\d+[smhd]", rows[0].split()[5]), rows[0]
+    assert rows[0].rstrip().endswith("-") and rows[2].rstrip().endswith("doc=a")
+    assert len(rows[1].split(None, 6)[6]) == 40 and rows[1].endswith("…")
+
+    none = invoke("jobs", "--status", "FAILED", CHUNKQ_URL=api)
+    assert (none.exit_code, none.stdout) == (0, "no jobs with status FAILED\n")
+
+
+@pytest.mark.slow
+def test_jobs__a_limit_past_one_page_follows_the_cursor(api: str) -> None:
+    with httpx.Client(base_url=api, timeout=10) as http:
+        for i in range(105):
+            assert http.post("/v1/analyze", json={"raw_text": f"text {i}"}).status_code == 202
+        pages = [http.get("/v1/analyze", params={"limit": 100}).json()]
+        cursor = pages[0]["next_cursor"]
+        pages.append(http.get("/v1/analyze", params={"limit": 100, "cursor": cursor}).json())
+    expected = [job["job_id"] for page in pages for job in page["data"]]
+    assert len(expected) == 105
+    assert [job["job_id"] for job in listed("--url", api, "--limit", "103")] == expected[:103]
+    assert [job["job_id"] for job in listed("--url", api, "--limit", "1000")] == expected
+    assert [job["job_id"] for job in listed("--url", api)] == expected[:20]  # the default
+
+
+def test_jobs__bad_options_are_usage_errors() -> None:
+    for args in (
+        ["--status", "DONE"],
+        ["--status", "PENDING,"],
+        ["--limit", "0"],
+        ["--metadata", "doc"],
+    ):
+        done = invoke("jobs", *args, CHUNKQ_URL="http://127.0.0.1:9")
+        assert done.exit_code == 2, (args, done.stderr)
+        assert "Invalid value for '--" in done.stderr and done.stdout == ""
+
+
+def test_jobs__a_server_not_listening_says_not_reachable_and_exits_1() -> None:
+    with socket.socket() as sock:  # bound, never listening: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        done = invoke("jobs", "--url", url)
+    assert done.exit_code == 1 and done.stdout == ""
+    assert f"not reachable at {url}" in done.stderr
+
+
+@pytest.mark.slow
+def test_jobs__with_auth_lists_only_the_keys_jobs_and_a_401_exits_2(
+    database_url: str, tmp_path: Path
+) -> None:
+    keys = [
+        json.loads(invoke("keys", "create", "--json", DATABASE_URL=database_url).stdout)["key"]
+        for _ in range(2)
+    ]
+    home = str(tmp_path)  # no api_key kept there: only what the test passes is sent
+    with gunicorn(database_url, workers=1, CHUNKQ_AUTH="on") as base:
+        mine = post(base, "mine", keys[0])
+        post(base, "theirs", keys[1])
+        jobs = listed("--url", base, "--api-key", keys[0], CHUNKQ_HOME=home)
+        assert [job["job_id"] for job in jobs] == [mine]
+        assert listed("--url", base, CHUNKQ_API_KEY=keys[0], CHUNKQ_HOME=home)[0]["job_id"] == mine
+        none = invoke("jobs", "--url", base, CHUNKQ_HOME=home)
+        assert none.exit_code == 2 and none.stdout == ""
+        assert f"{base} needs an API key (401)" in none.stderr
+        bad = invoke("jobs", "--url", base, "--api-key", "cq_0_wrong", CHUNKQ_HOME=home)
+        assert bad.exit_code == 2
+        assert "refused the API key from --api-key / CHUNKQ_API_KEY (401)" in bad.stderr
 
 
 # -- a server that goes away, a reduce still to run -----------------------------------------
@@ -368,4 +477,39 @@ def test_describe__a_job_without_times_or_result_says_what_it_has() -> None:
         "status    CANCELLED",
         "chunks    0 of 2 succeeded",
         "failed    0",
+    ]
+
+
+def test_age__in_the_largest_whole_unit() -> None:
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    for delta, shown in [
+        (timedelta(seconds=5), "5s"),
+        (timedelta(minutes=3, seconds=59), "3m"),
+        (timedelta(hours=2), "2h"),
+        (timedelta(days=40), "40d"),
+        (timedelta(seconds=-3), "0s"),  # a server clock a little ahead
+    ]:
+        assert age((now - delta).isoformat(), now) == shown
+    assert age(None, now) == "?"
+
+
+def test_table__aligns_columns_under_the_header() -> None:
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    jobs = [
+        {
+            "job_id": JOB,
+            "status": "PROCESSING",
+            "percent": 42.5,
+            "chunks_total": 200,
+            "chunks_completed": 80,
+            "chunks_failed": 5,
+            "created_at": (now - timedelta(minutes=7)).isoformat(),
+            "metadata": {"doc": "q3"},
+        }
+    ]
+    header, row = table(jobs, now=now).splitlines()
+    assert row.split() == [JOB, "PROCESSING", "42%", "80/200", "5", "7m", "doc=q3"]
+    assert [header.index(name) for name in ("STATUS", "AGE")] == [
+        row.index("PROCESSING"),
+        row.index("7m"),
     ]
