@@ -7,6 +7,7 @@ against a real gunicorn, real workers and a real PostgreSQL."""
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import re
@@ -29,6 +30,7 @@ import httpx
 import pytest
 
 from chunkq.jobs import age, table
+from chunkq.progress import Outage, Progress
 from chunkq.report import describe
 from tests import processes
 from tests.processes import ROOT, gunicorn, gunicorn_process, wait_for
@@ -513,3 +515,19 @@ def test_table__aligns_columns_under_the_header() -> None:
         row.index("PROCESSING"),
         row.index("7m"),
     ]
+
+
+def test_outage__said_once_given_up_past_its_tolerance_and_its_end_said_once() -> None:
+    shown = io.StringIO()
+    outage = Outage("http://h:1", Progress(shown), tolerance_s=60)
+    assert outage.failed(100.0, "ConnectError") and outage.failed(101.0, "ReadError")
+    assert outage.failed(160.0, "ConnectError")  # 60 s in: still within the tolerance
+    assert not outage.failed(160.5, "ConnectError")
+    outage.answered(161.0)
+    outage.answered(162.0)  # no outage any more: nothing to say
+    assert shown.getvalue().splitlines() == [
+        "chunkq: server at http://h:1 not answering (ConnectError); still trying for up to 60 s…",
+        "chunkq: server at http://h:1 answering again after 61 s",
+    ]
+    assert outage.failed(200.0, "ConnectError")  # a new outage starts its own count
+    assert shown.getvalue().count("not answering") == 2
