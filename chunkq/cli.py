@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from chunkq.console import say
-from chunkq.exits import EXIT_HELP, EXIT_INTERRUPTED, EXIT_PIPE_CLOSED
+from chunkq.exits import EXIT_HELP, EXIT_INTERRUPTED, EXIT_PIPE_CLOSED, JOBS_EXIT_HELP
 
 # "\b" keeps click from rewrapping the table into one paragraph.
 EPILOG = "\b\n" + EXIT_HELP
@@ -210,17 +210,8 @@ def _poll_interval(ctx: click.Context, param: click.Parameter, value: float) -> 
     return value
 
 
-def _follow_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The options ``submit`` and ``status`` share: which server, with which key, whether to
-    follow, and what to print."""
-    command = click.option(
-        "--interval",
-        type=float,
-        default=0.5,
-        metavar="S",
-        callback=_poll_interval,
-        help="Seconds between polls (0.05 to 3600).",
-    )(command)
+def _server_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of every command that talks to the API: which server, with which key."""
     command = click.option(
         "--url",
         default="http://127.0.0.1:8000",
@@ -237,6 +228,21 @@ def _follow_options(command: Callable[..., Any]) -> Callable[..., Any]:
         help="The API key to send (Authorization: Bearer). Unset, against a server on this"
         " machine: the key `chunkq up` keeps in $CHUNKQ_HOME/api_key, if there is one.",
     )(command)
+    return command
+
+
+def _follow_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options ``submit`` and ``status`` share: which server, with which key, whether to
+    follow, and what to print."""
+    command = click.option(
+        "--interval",
+        type=float,
+        default=0.5,
+        metavar="S",
+        callback=_poll_interval,
+        help="Seconds between polls (0.05 to 3600).",
+    )(command)
+    command = _server_options(command)
     command = click.option(
         "--summary",
         is_flag=True,
@@ -244,8 +250,17 @@ def _follow_options(command: Callable[..., Any]) -> Callable[..., Any]:
         " analysis_result.summary; when the job has a reduce step, print"
         ' {"summary": ..., "reduce": ...} once the reduce has finished too.',
     )(command)
+    command = click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="With --wait, end with the final JSON even when stdout is a terminal.",
+    )(command)
     return click.option(
-        "--wait", is_flag=True, help="Follow the job to the end, then print its final JSON."
+        "--wait",
+        is_flag=True,
+        help="Follow the job to the end (its reduce step too), then print its final JSON;"
+        " on a terminal, a short summary for people instead (unless --json).",
     )(command)
 
 
@@ -257,6 +272,7 @@ def submit(
     file: str,
     max_chunk_chars: int,
     wait: bool,
+    as_json: bool,
     summary: bool,
     api_key: str | None,
     url: str,
@@ -264,9 +280,11 @@ def submit(
 ) -> int:
     """Submit a text for analysis.
 
-    FILE is a UTF-8 text file, or - for stdin. Prints the accepted job as JSON; with --wait,
-    shows progress on stderr and prints the final report; with --summary, waits the same
-    way and prints only the summary.
+    FILE is a UTF-8 text file, or - for stdin. Prints the accepted job as JSON. With --wait,
+    shows the job's id and progress on stderr until the job (and its reduce step, if any)
+    has ended, then prints the final report as JSON when stdout is a pipe or a file, or a
+    short summary for people when stdout is a terminal (--json: the JSON there too). With
+    --summary, waits the same way and prints only the summary, as JSON.
     """
     from chunkq.client import submit_file
 
@@ -278,6 +296,7 @@ def submit(
         interval=interval,
         api_key=api_key,
         summary=summary,
+        as_json=as_json,
     )
 
 
@@ -285,14 +304,112 @@ def submit(
 @click.argument("job_id", metavar="JOB_ID")
 @_follow_options
 def status(
-    job_id: str, wait: bool, summary: bool, api_key: str | None, url: str, interval: float
+    job_id: str,
+    wait: bool,
+    as_json: bool,
+    summary: bool,
+    api_key: str | None,
+    url: str,
+    interval: float,
 ) -> int:
-    """Show a job's report as JSON (with --wait: follow it to the end; with --summary:
-    follow it, then print only its summary)."""
+    """Show a job's report as JSON.
+
+    With --wait, follow it to the end as submit --wait does, and end the same way: the JSON
+    on a pipe, a short summary on a terminal (--json: the JSON there too). With --summary,
+    follow it, then print only its summary.
+    """
     from chunkq.client import show_status
 
     return show_status(
-        job_id, url=url, wait=wait, interval=interval, api_key=api_key, summary=summary
+        job_id,
+        url=url,
+        wait=wait,
+        interval=interval,
+        api_key=api_key,
+        summary=summary,
+        as_json=as_json,
+    )
+
+
+JOB_STATUSES = ("PENDING", "PROCESSING", "COMPLETED", "PARTIAL_SUCCESS", "FAILED", "CANCELLED")
+JOBS_EPILOG = "\b\n" + JOBS_EXIT_HELP
+
+
+def _statuses(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
+    """``--status``: job statuses, repeated or separated by commas, in any case."""
+    wanted: list[str] = []
+    for value in values:
+        for name in value.split(","):
+            name = name.strip().upper()
+            if name not in JOB_STATUSES:
+                raise click.BadParameter(
+                    f"{name or 'an empty status'!r} is not one of {', '.join(JOB_STATUSES)}"
+                )
+            if name not in wanted:
+                wanted.append(name)
+    return wanted
+
+
+def _metadata(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
+    """``--metadata KEY=VALUE``, repeated: every pair must match."""
+    pairs: dict[str, str] = {}
+    for value in values:
+        key, equals, wanted = value.partition("=")
+        if not equals or not key:
+            raise click.BadParameter(f"not KEY=VALUE: {value!r}")
+        pairs[key] = wanted
+    return pairs
+
+
+@cli.command(
+    short_help="List your jobs, newest first (--status, --limit, --json).", epilog=JOBS_EPILOG
+)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    callback=_statuses,
+    metavar="STATUS[,STATUS]",
+    help="Only jobs with this status; repeat the option or separate statuses by commas.",
+)
+@click.option(
+    "--metadata",
+    multiple=True,
+    callback=_metadata,
+    metavar="KEY=VALUE",
+    help="Only jobs whose metadata has KEY set to VALUE; repeat for several (all must match).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=20,
+    metavar="N",
+    help="The most jobs to list (beyond one page of 100, the next pages are fetched too).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs' reports as one JSON array.")
+@_server_options
+def jobs(
+    statuses: list[str],
+    metadata: dict[str, str],
+    limit: int,
+    as_json: bool,
+    api_key: str | None,
+    url: str,
+) -> int:
+    """List your jobs (those of the API key sent), newest first, as a table: id, status,
+    progress, chunks, failed, age and metadata. With --json, their reports as one JSON
+    array, newest first."""
+    from chunkq.jobs import list_jobs
+
+    return list_jobs(
+        url=url,
+        api_key=api_key,
+        statuses=statuses,
+        metadata=metadata,
+        limit=limit,
+        as_json=as_json,
     )
 
 

@@ -7,7 +7,6 @@ wrong on the way.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -26,10 +25,11 @@ from chunkq.exits import (
     EXIT_REJECTED,
     CommandError,
 )
+from chunkq.progress import Outage, Progress
+from chunkq.report import describe
 
 # A server restart (chunkq up restarting gunicorn) must not end a long wait.
 OUTAGE_TOLERANCE_S = 60.0
-LOG_EVERY_S = 2.0  # without a TTY, at most one progress line per this many seconds
 
 
 def read_text(path: str) -> str:
@@ -167,36 +167,36 @@ def follow(
     stream: TextIO | None = None,
     *,
     api_key: ApiKey | None = None,
-    summary: bool = False,
+    chunks: bool = True,
 ) -> dict[str, Any]:
-    """Poll the job until it is terminal, showing progress on stderr; returns the last report.
+    """Poll the job until it is terminal and its reduce step (if it has one) has ended,
+    showing progress on stderr; returns the last report.
 
-    With ``summary``, the reports leave out the chunks (``?chunks=false``: a big job's are
-    megabytes), and the wait goes on until a reduce step, if the job has one, has finished.
+    Without ``chunks``, the reports leave out the chunk entries (``?chunks=false``: a big
+    job's are megabytes). A server that stops answering is said once, and its return once;
+    it may stay away for OUTAGE_TOLERANCE_S before the wait fails.
     """
     progress = Progress(stream or sys.stderr)
+    outage = Outage(url, progress, OUTAGE_TOLERANCE_S)
     interval = max(interval, 0.05)  # --interval 0 must not hammer the server
-    outage_since: float | None = None
-    params = {"chunks": "false"} if summary else {}
+    params = {} if chunks else {"chunks": "false"}
     waiting_for_reduce = False
     with make_client(url, api_key) as client:
         while True:
             try:
                 report = request(client, "GET", f"/v1/analyze/{job_id}", params=params)
-                outage_since = None
             except CommandError as exc:
-                # 4xx (unknown job) is final; an unreachable or failing server may come back.
-                now = time.monotonic()
-                outage_since = outage_since or now
-                if exc.code == EXIT_REJECTED or now - outage_since > OUTAGE_TOLERANCE_S:
+                # 4xx (unknown job, a refused key) is final; an unreachable or failing server
+                # may come back.
+                if exc.code == EXIT_REJECTED or not outage.failed(time.monotonic(), _cause(exc)):
                     progress.close()
                     raise
-                progress.note(f"waiting for the server: {exc}")
                 time.sleep(min(5.0, max(interval, 1.0)))
                 continue
+            outage.answered(time.monotonic())
             progress.update(report)
             if report.get("status") in EXIT_BY_STATUS:
-                if not (summary and _reduce_unsettled(report)):
+                if not _reduce_unsettled(report):
                     progress.close()
                     return report
                 if not waiting_for_reduce:
@@ -205,10 +205,25 @@ def follow(
             time.sleep(interval)
 
 
+def _cause(exc: CommandError) -> str:
+    """Why a poll failed, in a few words: the transport error's kind, or the server's answer."""
+    cause = exc.__cause__
+    return type(cause).__name__ if isinstance(cause, httpx.TransportError) else str(exc)
+
+
 def _reduce_unsettled(report: dict[str, Any]) -> bool:
     """Whether the job's reduce step (if it has one) is still to run or running."""
     reduce = (report.get("analysis_result") or {}).get("reduce")
     return isinstance(reduce, dict) and reduce.get("status") in ("pending", "running")
+
+
+def human_output(as_json: bool, summary: bool) -> bool:
+    """Whether ``--wait`` ends with the human summary: only for a person at a terminal.
+
+    stdout stays exactly the final JSON when it is piped or captured, since scripts parse
+    it; ``--json`` asks for the JSON on a terminal too, and ``--summary`` keeps its own JSON.
+    """
+    return not (as_json or summary) and sys.stdout.isatty()
 
 
 def submit_file(
@@ -220,10 +235,12 @@ def submit_file(
     interval: float,
     api_key: str | None = None,
     summary: bool = False,
+    as_json: bool = False,
 ) -> int:
     """``chunkq submit``: submit a file; with ``wait`` (or ``summary``), follow it and exit
     by its final status."""
     job_id = None
+    human = human_output(as_json, summary)
     try:
         key = api_key_for(url, api_key)
         text = read_text(path)
@@ -233,13 +250,13 @@ def submit_file(
             return EXIT_OK
         job_id = accepted["job_id"]
         print(f"submitted job {job_id} ({accepted.get('chunks_total')} chunks)", file=sys.stderr)
-        report = follow(url, job_id, interval, api_key=key, summary=summary)
+        report = follow(url, job_id, interval, api_key=key, chunks=not (summary or human))
     except CommandError as exc:
         say(str(exc))
         return exc.code
     except KeyboardInterrupt:
         return _interrupted(url, job_id)
-    print_report(summary_of(report) if summary else report)
+    _print_final(report, summary=summary, human=human)
     return EXIT_BY_STATUS[report["status"]]
 
 
@@ -251,13 +268,15 @@ def show_status(
     interval: float,
     api_key: str | None = None,
     summary: bool = False,
+    as_json: bool = False,
 ) -> int:
     """``chunkq status``: show a job's report; with ``wait`` (or ``summary``), follow it
-    like ``submit``."""
+    like ``submit``, and end the same way."""
+    human = (wait or summary) and human_output(as_json, summary)
     try:
         key = api_key_for(url, api_key)
         if wait or summary:
-            report = follow(url, job_id, interval, api_key=key, summary=summary)
+            report = follow(url, job_id, interval, api_key=key, chunks=not (summary or human))
         else:
             with make_client(url, key) as http:
                 report = request(http, "GET", f"/v1/analyze/{job_id}")
@@ -266,8 +285,16 @@ def show_status(
         return exc.code
     except KeyboardInterrupt:
         return _interrupted(url, job_id)
-    print_report(summary_of(report) if summary else report)
+    _print_final(report, summary=summary, human=human)
     return EXIT_BY_STATUS.get(report.get("status", ""), EXIT_OK)
+
+
+def _print_final(report: dict[str, Any], *, summary: bool, human: bool) -> None:
+    """What a command ends with on stdout: the human summary, the summary JSON or the report."""
+    if human:
+        print(describe(report), flush=True)
+    else:
+        print_report(summary_of(report) if summary else report)
 
 
 def summary_of(report: dict[str, Any]) -> Any:
@@ -290,52 +317,3 @@ def _interrupted(url: str, job_id: str | None) -> int:
 def print_report(report: Any) -> None:
     """The final JSON on stdout, pretty, for humans and for ``jq`` alike."""
     print(json.dumps(report, indent=2, ensure_ascii=False), flush=True)
-
-
-class Progress:
-    """A single redrawn bar on a terminal; otherwise a log line per change, rate-limited."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self._drawn = False
-        self._last: tuple[Any, ...] | None = None
-        self._last_line_at = 0.0
-
-    def update(self, report: dict[str, Any]) -> None:
-        status = report.get("status", "?")
-        total = int(report.get("chunks_total") or 0)
-        done = int(report.get("chunks_completed") or 0)
-        failed = int(report.get("chunks_failed") or 0)
-        percent = float(report.get("percent") or 0.0)
-        counts = f"{done} done, {failed} failed of {total} chunks"
-        if self.tty:
-            width = max(10, min(40, shutil.get_terminal_size().columns - 60))
-            filled = round(width * percent / 100)
-            bar = "#" * filled + "." * (width - filled)
-            # \r redraws in place; \x1b[K clears what a longer previous line left behind.
-            self.stream.write(f"\r[{bar}] {percent:5.1f}%  {counts}  {status}\x1b[K")
-            self._drawn = True
-        else:
-            key = (status, percent)
-            now = time.monotonic()
-            changed_status = self._last is None or self._last[0] != status
-            if key == self._last or not (changed_status or now - self._last_line_at >= LOG_EVERY_S):
-                return
-            self._last, self._last_line_at = key, now
-            job = report.get("job_id", "")
-            self.stream.write(f"job {job}: {status} {percent:.1f}% ({counts})\n")
-        self.stream.flush()
-
-    def note(self, message: str) -> None:
-        """A message that must not be overwritten by the next redraw."""
-        self.close()
-        self.stream.write(message + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        """End the bar's line so whatever is printed next starts on a fresh one."""
-        if self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._drawn = False

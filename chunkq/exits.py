@@ -24,6 +24,12 @@ EXIT_HELP = """exit codes of submit and status:
   130  interrupted (Ctrl-C); the job keeps running on the server
   141  (any command) stdout was closed early, as by `| head`; nothing more is printed"""
 
+JOBS_EXIT_HELP = """exit codes of jobs:
+  0  listed (none found included)
+  1  the server is not reachable, or failed (5xx)
+  2  bad input, or the request was rejected (4xx problem, a missing or refused API key
+     included)"""
+
 
 class CommandError(Exception):
     """A failure to report to the user as one message, with the exit code to use."""

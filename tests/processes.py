@@ -125,6 +125,7 @@ def gunicorn_process(
     env: dict[str, str] | None = None,
     config: str | None = None,
     log_level: str = "warning",
+    port: int = 0,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Serve ``web:create_app()`` on a free loopback port; yields (base URL, master process)
     once /healthz answers and every worker has started. Stopped at the end.
@@ -132,8 +133,10 @@ def gunicorn_process(
     The socket is bound here and handed to gunicorn, so no other process can take the port
     between choosing it and listening on it. ``env`` is added to its environment; output
     goes to ``log`` (None: this process's). ``config`` is a gunicorn config file (None: the
-    project's gunicorn.conf.py). ``log_level``: gunicorn's (``info`` shows its startup)."""
-    listener = socket.create_server(("127.0.0.1", 0))
+    project's gunicorn.conf.py). ``log_level``: gunicorn's (``info`` shows its startup).
+    ``port``: this one rather than a free one (a server coming back where its clients wait
+    for it)."""
+    listener = socket.create_server(("127.0.0.1", port))
     argv = [sys.executable, "-m", "gunicorn", "--bind", f"fd://{listener.fileno()}"]
     argv += ["--workers", str(workers), "--log-level", log_level]
     argv += [*(["-c", config] if config else []), "web:create_app()"]

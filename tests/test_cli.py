@@ -176,7 +176,7 @@ def chunkq_home() -> Iterator[tuple[Path, Path]]:
 
 # -- help, version, options -------------------------------------------------------------
 
-COMMANDS = ["up", "submit", "status", "keys", "migrate", "down", "prune"]
+COMMANDS = ["up", "submit", "status", "jobs", "keys", "migrate", "down", "prune"]
 KEYS_COMMANDS = ["create", "list", "revoke", "limits"]
 
 
@@ -322,14 +322,25 @@ def test_submit_and_status__defaults_and_url_from_the_environment(
     )
     assert invoke("status", "J", "--summary", CHUNKQ_API_KEY="cq_env").exit_code == 4
     assert invoke("submit", "-", "--api-key", "cq_flag", CHUNKQ_API_KEY="cq_env").exit_code == 3
+    assert invoke("status", "J", "--wait", "--json").exit_code == 4
     local, follow = "http://127.0.0.1:8000", {"wait": True, "interval": 0.1}
-    plain = {"api_key": None, "summary": False}
+    plain = {"api_key": None, "summary": False, "as_json": False}
     assert calls == [
         ("-", {"url": local, "max_chunk_chars": 2000, "wait": False, "interval": 0.5, **plain}),
         ("t.txt", {"url": "http://h:1", "max_chunk_chars": 300, **follow, **plain}),
         ("J", {"url": local, "wait": False, "interval": 0.5, **plain}),
         ("J", {"url": "http://x:2", "wait": True, "interval": 0.5, **plain}),
-        ("J", {"url": local, "wait": False, "interval": 0.5, "api_key": "cq_env", "summary": True}),
+        (
+            "J",
+            {
+                "url": local,
+                "wait": False,
+                "interval": 0.5,
+                **plain,
+                "api_key": "cq_env",
+                "summary": True,
+            },
+        ),
         (
             "-",
             {
@@ -339,8 +350,10 @@ def test_submit_and_status__defaults_and_url_from_the_environment(
                 "interval": 0.5,
                 "api_key": "cq_flag",
                 "summary": False,
+                "as_json": False,
             },
         ),
+        ("J", {"url": local, "wait": True, "interval": 0.5, **plain, "as_json": True}),
     ]
 
 
