@@ -8,6 +8,9 @@ from typing import Any
 import psycopg
 from flask.testing import FlaskClient
 
+from schema import queue
+from schema.queue import Success
+from tests import support
 from tests.support import assert_invariants, job_row, run_until_idle
 from workerd.providers import PermanentError, SimulatedProvider
 
@@ -111,3 +114,22 @@ def test_reduce__provider_without_reduce_step_marks_it_skipped(
     body = client.get(f"/v1/analyze/{job_id}").get_json()
     assert body["status"] == "COMPLETED"
     assert body["analysis_result"]["reduce"]["status"] == "skipped"
+
+
+def test_reduce__scheduling_it_wakes_idle_workers_at_commit(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    # An idle worker sleeps on LISTEN until its poll interval; the reduce a finalization
+    # queues must wake it then, not seconds later (nothing else notifies at that commit).
+    job_id = support.submit(db, TEXT, 1000, reduce=True)
+    with db.transaction():
+        [chunk] = queue.claim(db, "A", 10, lease_s=30)
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {queue.NOTIFY_CHANNEL}")
+        with db.transaction():
+            done = queue.record(db, "A", [Success(chunk, {})], queue.merge_with(len))
+            assert list(done.finalized) == [job_id]
+            assert list(listener.notifies(timeout=0.2, stop_after=1)) == []  # not before commit
+        woken = list(listener.notifies(timeout=10, stop_after=1))
+    assert [n.channel for n in woken] == [queue.NOTIFY_CHANNEL]
+    assert db.execute("SELECT status FROM reductions").fetchall() == [("pending",)]

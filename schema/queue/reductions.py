@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 from schema.queue.claim import running_calls
-from schema.queue.sql import NOW
+from schema.queue.sql import NOTIFY_CHANNEL, NOW
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +35,14 @@ def schedule(
 ) -> dict[str, Any]:
     """Queue the reduce step of a job being finalized; returns the placeholder that goes in
     ``analysis_result.reduce``. Called inside the finalizing transaction, so the reduction
-    exists exactly when the job is terminal."""
+    exists exactly when the job is terminal; its NOTIFY, sent at that commit, wakes an idle
+    worker for it at once rather than at its next poll."""
     conn.execute(
         f"""INSERT INTO reductions (job_id, next_attempt_at, created_at)
             VALUES (%(id)s, {NOW}, {NOW}) ON CONFLICT (job_id) DO NOTHING""",
         {"id": job_id, "now": now},
     )
+    conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
     return {"status": "pending", "attempts": 0}
 
 
