@@ -37,6 +37,9 @@ EXTRA_FIELDS = (
     "duration_s",
 )
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
+# Libraries that log every request at INFO: each provider call and webhook delivery would be
+# a line per chunk. They speak only at WARNING unless the level asked for is DEBUG.
+CHATTY = ("httpx", "httpcore")
 
 _bound: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
     "chunkq_log_context", default=None
@@ -155,6 +158,7 @@ def configure(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    quiet_chatty(root.level)
     if fmt == "json":
         # Python's warnings and an exception nobody caught (in any thread) become lines of
         # the log too, so a json log never holds a bare multi-line traceback.
@@ -162,6 +166,14 @@ def configure(
         sys.excepthook = _uncaught
         threading.excepthook = _uncaught_in_thread
     return fmt
+
+
+def quiet_chatty(level: int) -> None:
+    """Keep the per-request INFO lines of HTTP libraries out of a log at ``level``, unless it
+    is DEBUG (where per-chunk detail is what was asked for)."""
+    quiet = logging.NOTSET if level <= logging.DEBUG else logging.WARNING
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(quiet)
 
 
 def _uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:

@@ -21,6 +21,7 @@ import pytest
 
 from schema import logs
 from tests import processes
+from tests.mock_openai import MockOpenAI, mock_openai_fixture  # noqa: F401 - the fixture
 from tests.support import submit
 from tests.test_cli import TEXT as LONG_TEXT
 from tests.test_cli import chunkq_up, cli_env, submit_and_finish
@@ -183,6 +184,42 @@ def test_worker_json__every_line_json_retries_in_context_lifecycle_once(
     assert (end["status"], end["succeeded"], end["failed"]) == ("PARTIAL_SUCCESS", total[0] - 1, 1)
     assert end["cancelled"] == 0 and end["duration_s"] >= 0
     assert not [line for line in lines if line["level"] == "INFO" and "chunk" in line]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_worker_json__a_real_provider_adds_no_info_line_per_chunk(
+    database_url: str, db: psycopg.Connection[Any], mock_openai: MockOpenAI, level: str
+) -> None:
+    # httpx logs every request at INFO: a provider call per chunk would be a line per chunk.
+    # At DEBUG those lines are wanted, and seeing them there shows this check can see them.
+    job_id = submit(db, TEXT, 20)
+    done = subprocess.run(
+        [sys.executable, "-m", "workerd", "--burst", "--log-level", level],
+        cwd=processes.ROOT,
+        env=processes.environment(
+            database_url,
+            CHUNKQ_LOG_FORMAT="json",
+            CHUNKQ_PROVIDER="openai",
+            OPENAI_BASE_URL=mock_openai.base_url,
+            OPENAI_API_KEY="sk-test",
+            CHUNKQ_MODEL="mock-model",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    status = db.execute("SELECT status FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    assert status == ("COMPLETED",)
+    lines = json_lines(done.stderr)
+    per_chunk = [line for line in lines if line["level"] == "INFO" and "chunk" in line]
+    requests = [line for line in per_chunk if line["logger"] == "httpx"]
+    if level == "INFO":
+        assert per_chunk == []
+    else:
+        assert len(requests) >= mock_openai.total_requests > 0
 
 
 @pytest.mark.slow

@@ -34,3 +34,4 @@ class Logger(glogging.Logger):
         for handler in error:
             root.addHandler(handler)
         root.setLevel(self.loglevel)
+        logs.quiet_chatty(self.loglevel)
