@@ -46,6 +46,11 @@ backlog    schema.queue.claim(limit 64), rolled back, with 1,000,000 finished + 
            pending chunk rows (two tenants, some retries due) against 1,000 pending; median
            per claim, and EXPLAIN (ANALYZE, BUFFERS) of the whole claim, custom and generic
            plan: chunks_fair_idx and chunks_retry_idx, no Seq Scan on chunks; buffers touched.
+metrics    schema.metrics.read (GET /metrics's reads) with 1,000,000 finished chunk rows in
+           1,000 jobs (every terminal status) and a 5,000-chunk job in flight (some running,
+           some retries due) against a naive count(*) GROUP BY status of chunks and of jobs;
+           median of 21, target 0.1x (--quick: 100,000 finished, 0.25x); the counts by
+           status must be equal.
 memory     Peak RSS of ``python -m workerd --concurrency 64`` draining at 50 ms, and of a
            gunicorn worker taking 10 MB texts, against a bare ``python -c "import psycopg,
            flask, sqlalchemy"``.
@@ -110,6 +115,7 @@ MODULES = (
     "latency",
     "capped",
     "backlog",
+    "metrics",
     "memory",
     "api",
     "fairness",
