@@ -242,6 +242,13 @@ def test_worker__refuses_a_bad_log_format_with_exit_2(database_url: str) -> None
     assert "CHUNKQ_LOG_FORMAT must be one of text, json, got 'yaml'" in done.stderr
 
 
+def test_worker_json__a_refusal_at_start_is_a_json_line_too(database_url: str) -> None:
+    done = run_burst(database_url, CHUNKQ_LOG_FORMAT="json", CHUNKQ_MAX_ATTEMPTS="zero")
+    assert done.returncode == 2
+    [line] = json_lines(done.stderr)
+    assert line["level"] == "ERROR" and "CHUNKQ_MAX_ATTEMPTS" in line["message"], line
+
+
 # -- a real gunicorn -----------------------------------------------------------------------
 
 

@@ -33,7 +33,7 @@ from workerd.metrics import Metrics, serve  # noqa: E402
 from workerd.providers import provider_from_settings  # noqa: E402
 from workerd.settings import Settings  # noqa: E402
 from workerd.signals import stop_on_signals  # noqa: E402
-from workerd.worker import Worker  # noqa: E402
+from workerd.worker import Worker, make_worker_id  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,42 +51,45 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    fmt = None
     try:
-        logs.configure(level=args.log_level)
+        fmt = logs.configure(level=args.log_level)
         settings = Settings.from_env()
         if args.metrics_port is not None:
             settings = dataclasses.replace(settings, metrics_port=args.metrics_port)
         provider = provider_from_settings(settings)
     except ValueError as exc:
-        print(f"workerd: {exc}", file=sys.stderr)
-        return 2
+        return _refuse(str(exc), fmt)
     if args.concurrency < 1:
-        print("workerd: --concurrency must be at least 1", file=sys.stderr)
-        return 2
+        return _refuse("--concurrency must be at least 1", fmt)
+    # Named before the first line it logs, so that every line carries it.
+    worker_id = make_worker_id()
+    logs.set_process_fields(worker_id=worker_id)
     check = getattr(provider, "check_server", None)
     for warning in check() if callable(check) else []:
         log.warning("%s", warning)
     try:
         url = settings.database_url or resolve_url()
     except DatabaseUrlMissing as exc:
-        print(f"workerd: {exc}", file=sys.stderr)
-        return 2
+        return _refuse(str(exc), fmt)
     metrics = Metrics()
     if settings.metrics_port is not None:
         where = f"{settings.metrics_host}:{settings.metrics_port}"
         try:
             serve(metrics, settings.metrics_port, settings.metrics_host)
         except OSError as exc:
-            print(
-                f"workerd: cannot serve metrics on {where} (CHUNKQ_METRICS_PORT,"
-                f" --metrics-port): {exc.strerror or exc}",
-                file=sys.stderr,
-            )
-            return 2
+            why = f"cannot serve metrics on {where} (CHUNKQ_METRICS_PORT, --metrics-port)"
+            return _refuse(f"{why}: {exc.strerror or exc}", fmt)
         log.info("serving metrics on http://%s/metrics", where)
     work, listen = connectors(settings, url)
-    worker = Worker(settings, provider, work, concurrency=args.concurrency, metrics=metrics)
-    logs.set_process_fields(worker_id=worker.worker_id)
+    worker = Worker(
+        settings,
+        provider,
+        work,
+        concurrency=args.concurrency,
+        metrics=metrics,
+        worker_id=worker_id,
+    )
 
     on_signal = stop_on_signals(worker)
     signal.signal(signal.SIGTERM, on_signal)
@@ -100,6 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         args.concurrency,
     )
     return loop.run(worker, burst=args.burst, listen=listener(listen))
+
+
+def _refuse(message: str, fmt: str | None) -> int:
+    """Exit 2 with ``message`` on stderr: with json logs a line of the log like every
+    other, else (text, or before the format is known) a plain line for people."""
+    if fmt == "json":
+        log.error("%s", message)
+    else:
+        print(f"workerd: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
