@@ -12,6 +12,7 @@ unfinished ones at once). So a scrape reads one pass over ``jobs`` and the backl
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -65,23 +66,41 @@ class QueueState:
     circuits: dict[str, float | None]
 
 
-def read(conn: psycopg.Connection[Any], *, now: datetime | None = None) -> QueueState:
-    """Read the queue's state; the caller bounds the statements (a scrape must not hang)."""
+def read(
+    conn: psycopg.Connection[Any],
+    *,
+    now: datetime | None = None,
+    timeout_s: float | None = None,
+) -> QueueState:
+    """Read the queue's state, within ``timeout_s`` in all (QueryCanceled past it; None: no
+    bound of its own), so a scrape never outlasts the scraper's patience. Call it inside a
+    transaction: the bound is set with SET LOCAL."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def run(statement: str, params: dict[str, Any] | None = None) -> psycopg.Cursor[Any]:
+        if deadline is not None:
+            # What is left of the whole read, not a fresh allowance per statement.
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms < 1:
+                raise psycopg.errors.QueryCanceled("the read ran past its deadline")
+            conn.execute(f"SET LOCAL statement_timeout = {left_ms}")
+        return conn.execute(statement, params)
+
     params = {"now": now}
     jobs = dict.fromkeys(JobStatus, 0)
     chunks = dict.fromkeys(ChunkStatus, 0)
-    for status, n, succeeded, failed, unfinished in conn.execute(_JOBS).fetchall():
+    for status, n, succeeded, failed, unfinished in run(_JOBS).fetchall():
         jobs[JobStatus(status)] = n
         chunks[ChunkStatus.SUCCEEDED] += succeeded
         chunks[ChunkStatus.FAILED] += failed
         if status == JobStatus.CANCELLED:
             chunks[ChunkStatus.CANCELLED] += unfinished
-    row = conn.execute(_BACKLOG, params).fetchone()
+    row = run(_BACKLOG, params).fetchone()
     pending, oldest = row if row is not None else (0, None)
     chunks[ChunkStatus.PENDING] = pending
-    running = {worker or "": n for worker, n in conn.execute(_RUNNING).fetchall()}
+    running = {worker or "": n for worker, n in run(_RUNNING).fetchall()}
     chunks[ChunkStatus.RUNNING] = sum(running.values())
-    circuits = dict(conn.execute(_CIRCUITS, params).fetchall())
+    circuits = dict(run(_CIRCUITS, params).fetchall())
     return QueueState(
         chunks=chunks,
         jobs=jobs,

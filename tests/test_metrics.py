@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from chunkq.up import _metrics_ports
@@ -216,7 +217,35 @@ def test_metrics__statement_timeout_answers_503_instead_of_hanging(database_url:
         app.extensions["chunkq.engine"].dispose()
 
 
+def test_metrics_read__bounds_the_whole_read_not_each_statement(
+    db: psycopg.Connection[Any],
+) -> None:
+    # Each statement gets what is left of one deadline: four statements that each took
+    # nearly the timeout must not add up to four times it.
+    with db.transaction():
+        metrics.read(db, timeout_s=5.0)
+        [(left,)] = db.execute("SELECT current_setting('statement_timeout')").fetchall()
+    assert left.endswith("ms") or left.endswith("s"), left
+    left_ms = int(left[:-2]) if left.endswith("ms") else int(left[:-1]) * 1000
+    assert 0 < left_ms < 5000, left
+    with db.transaction(), pytest.raises(psycopg.errors.QueryCanceled):
+        metrics.read(db, timeout_s=0.0)  # past the deadline: not one more statement
+
+
 # -- the worker's own metrics ----------------------------------------------------------------
+
+
+def test_worker_metrics__series_exist_at_zero_before_anything_happens() -> None:
+    # A series that appears only at its first increment has no start for rate() to see.
+    found = samples(generate_latest(Metrics().registry).decode())
+    assert found["chunkq_worker_tokens_total"] == {
+        (("type", "prompt"),): 0,
+        (("type", "completion"),): 0,
+    }
+    assert found["chunkq_worker_claims_total"] == {
+        (("kind", "chunk"),): 0,
+        (("kind", "reduce"),): 0,
+    }
 
 
 def test_worker_metrics__count_tokens_claims_records_and_calls_in_run_once(
@@ -346,7 +375,7 @@ def test_worker_process__counters_move_with_the_chunks_it_processes(
     assert records["succeeded"] == done["succeeded"][0]
     assert records["failed"] == done["failed"][0]
     assert records["retried"] == 2 * done["failed"][0]
-    assert after["chunkq_worker_claims_total"] == {(("kind", "chunk"),): attempts}
+    assert by_label(after, "chunkq_worker_claims_total", "kind") == {"chunk": attempts, "reduce": 0}
     calls = after["chunkq_worker_provider_calls_total"]
     assert calls == {
         (("error_class", ""), ("kind", "chunk"), ("outcome", "success")): done["succeeded"][0],
@@ -444,4 +473,4 @@ def test_worker_metrics__two_workers_in_one_process_count_apart() -> None:
     one, two = Metrics(), Metrics()
     one.claims.labels("chunk").inc(3)
     assert one.registry.get_sample_value("chunkq_worker_claims_total", {"kind": "chunk"}) == 3
-    assert two.registry.get_sample_value("chunkq_worker_claims_total", {"kind": "chunk"}) is None
+    assert two.registry.get_sample_value("chunkq_worker_claims_total", {"kind": "chunk"}) == 0

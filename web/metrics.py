@@ -3,7 +3,7 @@ each scrape, so every API process (and every replica) reports the same numbers.
 
 The gauges come from a collector in a registry of the app's own: no process-wide state, so
 two apps in one process (tests) never see each other's metrics. The reads are bounded by
-a statement timeout (``METRICS_TIMEOUT_S``, 5 s): a scrape answers 503 rather than hang.
+one deadline in all (``METRICS_TIMEOUT_S``, 5 s): a scrape answers 503 rather than hang.
 """
 
 from __future__ import annotations
@@ -64,8 +64,7 @@ class QueueCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         timeout_s = current_app.config.get("METRICS_TIMEOUT_S", DEFAULT_TIMEOUT_S)
         with connection(write=False) as conn, conn.transaction():
-            conn.execute(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
-            state = metrics.read(conn)
+            state = metrics.read(conn, timeout_s=timeout_s)
         yield from _families(state)
 
 

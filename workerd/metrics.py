@@ -80,6 +80,11 @@ class Metrics:
             ["worker_id"],
             registry=r,
         )
+        # Series that exist from the start, at 0, so a rate() over them has a beginning.
+        for kind in ("prompt", "completion"):
+            self.tokens.labels(kind)
+        for kind in ("chunk", "reduce"):
+            self.claims.labels(kind)
         # Label children made once: the hot path does no label lookup for the common cases.
         self._succeeded = self.calls.labels("chunk", "success", "")
         self._chunk_seconds = self.call_seconds.labels("chunk")
