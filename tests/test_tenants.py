@@ -108,6 +108,8 @@ def test_a_job_belongs_to_its_key_and_is_404_to_every_other(
             b.get(where),
             b.get(f"{where}?chunks=false"),
             b.get(f"{where}/chunks"),
+            b.get(f"{where}/chunks?text=true&from=0"),
+            b.get(f"{where}/chunks/states"),
             b.post(f"{where}/cancel"),
         ):
             assert answer.status_code == 404, answer.text
