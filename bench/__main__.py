@@ -79,6 +79,11 @@ scale      16 ``python -m workerd --concurrency 64`` at 1,000 ms on 10,240 chunk
            and started idle beforehand (submit commit -> last finalization), each against
            the ideal 10 s (target 1.1x); database connections per worker process from
            pg_stat_activity (target <= 3: 2 + LISTEN).
+ui         The dashboard's job page in Debian's Chromium (Playwright), gunicorn with auth on:
+           finished jobs of 1,000 and 10,000 chunks (builtin results; --quick: 1,000 only),
+           navigation -> the first frame with the whole grid and the document's first page
+           (timed in the page), median of 9 against the same page of a 10-chunk job; target
+           3x at 1,000, 10x at 10,000. Skipped (no figures) without chromium.
 
 Each module's docstring says exactly what it measures and how.
 A benchmark module has NAME and ``run(ctx: bench.harness.Context) -> list[Figure]``. The
@@ -123,6 +128,7 @@ MODULES = (
     "scale",
     "pgbouncer",
     "footprint",
+    "ui",
 )
 
 
