@@ -32,36 +32,16 @@ import pytest
 from chunkq.jobs import age, table
 from chunkq.progress import Outage, Progress
 from chunkq.report import describe
-from tests import processes
+from tests import test_cli
 from tests.processes import ROOT, gunicorn, gunicorn_process, wait_for
 from tests.test_cli import TEXT, chunkq, cli_env, drain, finished_job, invoke, stop_tree
 
 JOB = "0f0e0d0c-0b0a-4908-8706-050403020100"
 
 
-@pytest.fixture
-def api(database_url: str) -> Iterator[str]:
-    """gunicorn serving the API (simulated provider, auth off) on a free loopback port."""
-    with gunicorn(database_url, workers=1, CHUNKQ_PROVIDER="simulated") as base:
-        yield base
-
-
-@pytest.fixture
-def start_worker(database_url: str) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Start ``python -m workerd`` (simulated provider unless given) with extra environment;
-    stopped after."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(**extra: str) -> subprocess.Popen[bytes]:
-        env = {"CHUNKQ_PROVIDER": "simulated", "CHUNKQ_SHUTDOWN_GRACE_S": "5", **extra}
-        started.append(processes.start_worker(database_url, "--concurrency", "4", **env))
-        return started[-1]
-
-    try:
-        yield start
-    finally:
-        for proc in started:
-            stop_tree(proc)
+# The same real API and workers as test_cli's (fixtures are found by their module names).
+api = test_cli.api
+start_worker = test_cli.start_worker
 
 
 def on_terminal(*args: str, stderr_too: bool = True, timeout: float = 120) -> tuple[int, str, str]:
