@@ -268,16 +268,7 @@ def _follow_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.argument("file", metavar="FILE")
 @click.option("--max-chunk-chars", type=int, default=2000, metavar="N", help="The longest chunk.")
 @_follow_options
-def submit(
-    file: str,
-    max_chunk_chars: int,
-    wait: bool,
-    as_json: bool,
-    summary: bool,
-    api_key: str | None,
-    url: str,
-    interval: float,
-) -> int:
+def submit(file: str, max_chunk_chars: int, **follow: Any) -> int:
     """Submit a text for analysis.
 
     FILE is a UTF-8 text file, or - for stdin. Prints the accepted job as JSON. With --wait,
@@ -288,30 +279,14 @@ def submit(
     """
     from chunkq.client import submit_file
 
-    return submit_file(
-        file,
-        url=url,
-        max_chunk_chars=max_chunk_chars,
-        wait=wait,
-        interval=interval,
-        api_key=api_key,
-        summary=summary,
-        as_json=as_json,
-    )
+    # follow: the options of _follow_options, by the names submit_file takes.
+    return submit_file(file, max_chunk_chars=max_chunk_chars, **follow)
 
 
 @cli.command(short_help="Show a job's report (--wait: follow it to the end).", epilog=EPILOG)
 @click.argument("job_id", metavar="JOB_ID")
 @_follow_options
-def status(
-    job_id: str,
-    wait: bool,
-    as_json: bool,
-    summary: bool,
-    api_key: str | None,
-    url: str,
-    interval: float,
-) -> int:
+def status(job_id: str, **follow: Any) -> int:
     """Show a job's report as JSON.
 
     With --wait, follow it to the end as submit --wait does, and end the same way: the JSON
@@ -320,15 +295,7 @@ def status(
     """
     from chunkq.client import show_status
 
-    return show_status(
-        job_id,
-        url=url,
-        wait=wait,
-        interval=interval,
-        api_key=api_key,
-        summary=summary,
-        as_json=as_json,
-    )
+    return show_status(job_id, **follow)
 
 
 JOB_STATUSES = ("PENDING", "PROCESSING", "COMPLETED", "PARTIAL_SUCCESS", "FAILED", "CANCELLED")
